@@ -1,0 +1,152 @@
+"""``python -m backend ...``: the backend's command line.
+
+Commands: ``doctor`` (what is installed and found, as JSON), ``track`` (FLAME fit to one image),
+``corpus`` (create a job folder and run it up to the multi-view corpus), ``run`` (run or resume any
+job folder), ``demo`` (the main job on the embedded default). Every command reports through events
+on stdout (one JSON object per line); failures end with an ``error`` event and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError
+from .events import CancelToken, EventSink
+from .protocol import GENERATORS, PRESETS, AnimationSpec, CamerasSpec, GeneratorSpec, InputsSpec, JobSpec
+
+
+def _flame_source(value: str) -> str:
+    """``toy`` or an absolute path (the spec stores FLAME as a resource locator, not a job path)."""
+    return value if value == "toy" else str(Path(value).expanduser().resolve())
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor_report
+
+    report = doctor_report(flame=args.flame, weights=args.weights)
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from .tracking import track_image
+
+    out = Path(args.out)
+    sink = EventSink(out / "events.jsonl")
+    try:
+        sink.stage("track", "start")
+        res = track_image(args.image, flame_source=_flame_source(args.flame), out_dir=out,
+                          warn=lambda m: sink.warning(m, stage="track"))
+        sink.log(
+            f"landmark error {res.mean_error_px:.2f} px = {100 * res.relative_error:.2f} % of the face box",
+            stage="track",
+        )
+        sink.stage("track", "end")
+        sink.done({"flame_params": "flame_params.npz", "camera": "camera.json", "matted": "matted.png"})
+        return 0
+    except MVP4DError as e:
+        sink.error(e, stage="track")
+        return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
+
+
+def _job_from_args(args: argparse.Namespace) -> JobSpec:
+    return JobSpec(
+        inputs=InputsSpec(reference_image="", flame_model=_flame_source(args.flame)),
+        animation=AnimationSpec(num_frames=args.frames),
+        cameras=CamerasSpec(preset=args.preset, resolution=args.resolution),
+        generator=GeneratorSpec(name=args.generator, weights=args.weights, seed=args.seed),
+    )
+
+
+def _run(job_dir: Path, until: str | None) -> int:
+    from .jobs import run_job
+
+    cancel = CancelToken(job_dir / "cancel")
+    cancel.install_signal_handlers()
+    return run_job(job_dir, until=until, cancel=cancel)
+
+
+def _create_and_run(args: argparse.Namespace, image: str | Path, until: str | None) -> int:
+    from .jobs import create_job
+
+    out = Path(args.out)
+    try:
+        create_job(out, image, _job_from_args(args), animation_file=args.animation)
+    except MVP4DError as e:
+        EventSink(None).error(e)
+        return EXIT_ERROR
+    return _run(out, until)
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    return _create_and_run(args, args.image, until="corpus")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(Path(args.job_dir), until=args.until)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: astronaut photo, toy head, projection generator."""
+    from .tracking.image import default_reference_image, save_png_atomic
+
+    out = Path(args.out)
+    image = out.parent / f".{out.name}-astronaut.png"
+    if not image.exists():
+        save_png_atomic(image, default_reference_image())
+    return _create_and_run(args, image, until=None)
+
+
+def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
+    p.add_argument("--out", required=True, help="job folder to create (or resume)")
+    p.add_argument("--preset", default=preset, choices=list(PRESETS), help="camera ring and quality preset")
+    p.add_argument("--flame", default="toy", help="'toy' (embedded) or a FLAME .pkl/.npz file")
+    p.add_argument("--animation", default=None, help=".npz of FLAME parameters driving the avatar")
+    p.add_argument("--frames", type=int, default=None, help="frames per view, 1 + 4k (default: the preset's)")
+    p.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the preset's)")
+    p.add_argument("--generator", default="projection", choices=list(GENERATORS))
+    p.add_argument("--weights", default=None, help="MMVDM weights folder (for --generator mmvdm)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="report versions, device, gsplat path, FLAME and weights (JSON)")
+    p.add_argument("--flame", default=None, help="FLAME file to check (default: $MVP4D_FLAME)")
+    p.add_argument("--weights", default=None, help="weights folder to check (default: $MVP4D_WEIGHTS)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("track", help="fit FLAME and the camera to one reference image")
+    p.add_argument("--image", required=True)
+    p.add_argument("--flame", default="toy")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("corpus", help="create a job and run it up to the multi-view corpus")
+    p.add_argument("--image", required=True)
+    _add_job_options(p, preset="preview")
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("run", help="run or resume a job folder")
+    p.add_argument("job_dir")
+    p.add_argument("--until", default=None, help="stop after this stage")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the main job on the embedded default (astronaut, toy head)")
+    _add_job_options(p, preset="preview")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Typed errors with stable codes: the one way the backend reports what went wrong.
+
+Every failure a user can cause or fix is raised as an :class:`MVP4DError` carrying a stable
+``code`` (listed in :data:`ERROR_CODES`), a one-line ``message`` saying what is wrong and a
+``hint`` saying what to do. The CLI turns it into an ``error`` event and a non-zero exit;
+the Blender add-on shows message and hint verbatim. Pure Python (no torch, no numpy) so the
+add-on can import it through :mod:`backend.protocol`.
+"""
+
+from __future__ import annotations
+
+# code -> default hint, used when the raiser gives none.
+ERROR_CODES: dict[str, str] = {
+    "BAD_INPUT": "Check the input named in the message and try again.",
+    "NO_FACE": "Use a photo where one face is clearly visible, roughly frontal and not too small.",
+    "FLAME_INVALID": (
+        "Point to an unmodified FLAME 2020/2023/2023 Open .pkl, an .npz with the same keys, or use 'toy'."
+    ),
+    "WEIGHTS_MISSING": "Set the weights folder in the preferences or pass --weights DIR.",
+    "WEIGHTS_MISMATCH": "The weights do not fit this model; rebuild them with the weight builder.",
+    "OUT_OF_MEMORY": "Choose a lower VRAM preset or a smaller quality preset.",
+    "CANCELLED": "Run the job again to resume where it stopped.",
+    "INTERNAL": "This is a bug; please report it with the job's events.jsonl.",
+}
+
+#: exit code used for each error (argparse/usage errors use 2 as usual)
+EXIT_ERROR = 1
+EXIT_CANCELLED = 130
+
+
+class MVP4DError(Exception):
+    """An error with a stable code, a one-line message and a hint for the user."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None):
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}; add it to backend.errors.ERROR_CODES")
+        message = " ".join(str(message).split())  # one line, always
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint if hint is not None else ERROR_CODES[code]
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message} (hint: {self.hint})"
+
+
+def bad_input(message: str, hint: str | None = None) -> MVP4DError:
+    """Shorthand for the most common error."""
+    return MVP4DError("BAD_INPUT", message, hint)
+
+
+class Cancelled(MVP4DError):
+    """Raised at the next safe point after a cancel request (SIGTERM, SIGINT or the cancel file)."""
+
+    def __init__(self, message: str = "The job was cancelled.", hint: str | None = None):
+        super().__init__("CANCELLED", message, hint)

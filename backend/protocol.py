@@ -1,0 +1,485 @@
+"""The contract between the Blender add-on and the backend: job spec, events, bundle keys.
+
+Defined once here and nowhere else (DESIGN.md, "Contracts"). Pure Python: importing this module
+must not import torch or numpy, because the add-on imports it inside Blender. Everything is a
+dataclass with ``to_json``/``from_json``; ``from_json`` validates and raises
+:class:`~backend.errors.MVP4DError` (``BAD_INPUT``) naming the bad field, e.g.
+``job.json: cameras.cameras[3].fx must be a positive number``.
+
+Paths inside the spec are relative to the job folder and may not leave it
+(:func:`resolve_job_path`). Two things are deliberately *not* job paths because they are the
+user's installed resources, not per-job data: the FLAME model (``"toy"`` or an absolute path to the
+user's FLAME file) and the MMVDM weights folder (absolute path).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ERROR_CODES, MVP4DError
+
+SCHEMA_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# Quality presets: views, frames, resolution. The add-on shows these; cameras.py builds the rings.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    name: str
+    num_key_views: int
+    num_other_views: int
+    num_frames: int  # output frames per view, always 1 + 4k (CogVideoX temporal compression)
+    resolution: int  # square images, pixels
+    description: str
+
+    @property
+    def num_views(self) -> int:
+        return self.num_key_views + self.num_other_views
+
+
+PRESETS: dict[str, QualityPreset] = {
+    p.name: p
+    for p in (
+        QualityPreset("tiny", 2, 4, 5, 64, "CPU smoke test: 6 views x 5 frames at 64 px"),
+        QualityPreset("preview", 4, 8, 17, 128, "quick look on CPU: 12 views x 17 frames at 128 px"),
+        QualityPreset("120", 8, 24, 89, 512, "paper's 120-degree avatar: 32 views x 89 frames at 512 px"),
+        QualityPreset("360", 8, 40, 89, 512, "paper's 360-degree avatar: 48 views x 89 frames at 512 px"),
+    )
+}
+
+GENERATORS = ("projection", "mmvdm")
+GUIDANCE_MODES = ("multiview", "conventional", "none")
+CORPUS_FORMATS = ("png",)
+DEFAULT_FPS = 24.0
+
+#: Keys of an animation ``.npz`` (driving sequence of FLAME parameters), T frames.
+#: ``expr`` is required; the others default to zeros. Extra expression components beyond the
+#: model's are an error; fewer are zero-padded.
+ANIMATION_KEYS: dict[str, str] = {
+    "expr": "(T, E) expression coefficients",
+    "jaw_pose": "(T, 3) jaw axis-angle, radians",
+    "neck_pose": "(T, 3) neck axis-angle, radians",
+    "eye_pose": "(T, 6) left then right eye axis-angle, radians",
+    "global_rot": "(T, 3) head rotation axis-angle relative to the reference pose, radians",
+    "transl": "(T, 3) head translation relative to the reference pose, metres",
+}
+
+#: Keys of a FLAME parameter file (tracking output, or the add-on's posed rig): one frame.
+FLAME_PARAM_KEYS: dict[str, str] = {
+    "shape": "(S,) identity coefficients",
+    "expr": "(E,) expression coefficients",
+    "jaw_pose": "(3,)",
+    "neck_pose": "(3,)",
+    "eye_pose": "(6,)",
+    "global_rot": "(3,) axis-angle of the head in FLAME world",
+    "transl": "(3,) metres",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(where: str, what: str) -> MVP4DError:
+    return MVP4DError("BAD_INPUT", f"{where} {what}", "Fix that field of the job spec (job.json) and run again.")
+
+
+def _obj(d: Any, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise _fail(where, "must be a JSON object")
+    return d
+
+
+def _known(d: dict, cls: type, where: str) -> None:
+    names = {f.name for f in fields(cls)}
+    extra = sorted(set(d) - names)
+    if extra:
+        raise _fail(f"{where}.{extra[0]}", "is not a known field")
+
+
+def _num(v: Any, where: str, *, positive: bool = False, minimum: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _fail(where, "must be a finite number")
+    if positive and v <= 0:
+        raise _fail(where, "must be a positive number")
+    if minimum is not None and v < minimum:
+        raise _fail(where, f"must be >= {minimum}")
+    return float(v)
+
+
+def _int(v: Any, where: str, *, minimum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _fail(where, "must be an integer")
+    if minimum is not None and v < minimum:
+        raise _fail(where, f"must be >= {minimum}")
+    return v
+
+
+def _str(v: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(v, str) or not v:
+        raise _fail(where, "must be a non-empty string")
+    if choices is not None and v not in choices:
+        raise _fail(where, f"must be one of {', '.join(choices)} (got {v!r})")
+    return v
+
+
+def _rel_path(v: Any, where: str) -> str:
+    """A path relative to the job folder that cannot leave it (checked lexically here)."""
+    s = _str(v, where)
+    p = Path(s)
+    if p.is_absolute() or s.startswith(("/", "\\")) or (len(s) > 1 and s[1] == ":"):
+        raise _fail(where, f"must be relative to the job folder (got {s!r})")
+    if ".." in p.parts:
+        raise _fail(where, f"may not leave the job folder (got {s!r})")
+    return s
+
+
+def resolve_job_path(job_dir: str | os.PathLike, rel: str, where: str = "path") -> Path:
+    """Resolve ``rel`` inside ``job_dir``; refuse anything (symlinks included) that leaves it."""
+    _rel_path(rel, where)
+    root = Path(job_dir).resolve()
+    full = (root / rel).resolve()
+    if full != root and root not in full.parents:
+        raise _fail(where, f"may not leave the job folder (resolves to {full})")
+    return full
+
+
+# ---------------------------------------------------------------------------------------------
+# Job spec
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CameraSpec:
+    """One OpenCV camera in FLAME world space (metres, +y up): 4x4 world->camera, pixel intrinsics."""
+
+    name: str
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    world_to_cam: list[list[float]]
+    key: bool = False
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> "CameraSpec":
+        d = _obj(d, where)
+        _known(d, cls, where)
+        for k in ("name", "width", "height", "fx", "fy", "cx", "cy", "world_to_cam"):
+            if k not in d:
+                raise _fail(f"{where}.{k}", "is missing")
+        m = d["world_to_cam"]
+        if not (isinstance(m, list) and len(m) == 4 and all(isinstance(r, list) and len(r) == 4 for r in m)):
+            raise _fail(f"{where}.world_to_cam", "must be a 4x4 list of lists")
+        rows = [[_num(x, f"{where}.world_to_cam[{i}][{j}]") for j, x in enumerate(r)] for i, r in enumerate(m)]
+        if rows[3] != [0.0, 0.0, 0.0, 1.0]:
+            raise _fail(f"{where}.world_to_cam", "last row must be [0, 0, 0, 1]")
+        key = d.get("key", False)
+        if not isinstance(key, bool):
+            raise _fail(f"{where}.key", "must be true or false")
+        return cls(
+            name=_str(d["name"], f"{where}.name"),
+            width=_int(d["width"], f"{where}.width", minimum=8),
+            height=_int(d["height"], f"{where}.height", minimum=8),
+            fx=_num(d["fx"], f"{where}.fx", positive=True),
+            fy=_num(d["fy"], f"{where}.fy", positive=True),
+            cx=_num(d["cx"], f"{where}.cx"),
+            cy=_num(d["cy"], f"{where}.cy"),
+            world_to_cam=rows,
+            key=key,
+        )
+
+
+@dataclass
+class InputsSpec:
+    reference_image: str  # job-relative, e.g. "inputs/reference.png"
+    flame_model: str = "toy"  # "toy" or an absolute path to the user's FLAME .pkl/.npz (a resource)
+    flame_params: str | None = None  # job-relative .npz (FLAME_PARAM_KEYS): given -> no tracking
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "inputs") -> "InputsSpec":
+        d = _obj(d, where)
+        _known(d, cls, where)
+        if "reference_image" not in d:
+            raise _fail(f"{where}.reference_image", "is missing")
+        fm = _str(d.get("flame_model", "toy"), f"{where}.flame_model")
+        if fm != "toy" and not os.path.isabs(fm):
+            raise _fail(f"{where}.flame_model", "must be 'toy' or an absolute path to a FLAME .pkl/.npz")
+        fp = d.get("flame_params")
+        return cls(
+            reference_image=_rel_path(d["reference_image"], f"{where}.reference_image"),
+            flame_model=fm,
+            flame_params=None if fp is None else _rel_path(fp, f"{where}.flame_params"),
+        )
+
+
+@dataclass
+class AnimationSpec:
+    source: str = "builtin:default"  # "builtin:<name>" or a job-relative .npz (ANIMATION_KEYS)
+    num_frames: int | None = None  # None: the preset's frame count
+    fps: float = DEFAULT_FPS
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "animation") -> "AnimationSpec":
+        d = _obj(d, where)
+        _known(d, cls, where)
+        src = _str(d.get("source", "builtin:default"), f"{where}.source")
+        if not src.startswith("builtin:"):
+            src = _rel_path(src, f"{where}.source")
+        nf = d.get("num_frames")
+        if nf is not None:
+            nf = _int(nf, f"{where}.num_frames", minimum=1)
+            if (nf - 1) % 4 != 0:
+                raise _fail(f"{where}.num_frames", f"must be 1 + 4k (e.g. 49 or 89), got {nf}")
+        return cls(source=src, num_frames=nf, fps=_num(d.get("fps", DEFAULT_FPS), f"{where}.fps", positive=True))
+
+
+@dataclass
+class CamerasSpec:
+    preset: str = "preview"  # ring and quality preset (PRESETS)
+    resolution: int | None = None  # None: the preset's resolution
+    cameras: list[CameraSpec] | None = None  # explicit ring (e.g. from Blender); None: the preset's ring
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "cameras") -> "CamerasSpec":
+        d = _obj(d, where)
+        _known(d, cls, where)
+        preset = _str(d.get("preset", "preview"), f"{where}.preset", tuple(PRESETS))
+        res = d.get("resolution")
+        if res is not None:
+            res = _int(res, f"{where}.resolution", minimum=16)
+            if res % 16:
+                raise _fail(f"{where}.resolution", f"must be a multiple of 16, got {res}")
+        cams = d.get("cameras")
+        if cams is not None:
+            if not isinstance(cams, list):
+                raise _fail(f"{where}.cameras", "must be a list")
+            if not cams:
+                raise _fail(f"{where}.cameras", "is empty: the camera ring needs at least one camera")
+            cams = [CameraSpec.from_json(c, f"{where}.cameras[{i}]") for i, c in enumerate(cams)]
+            names = [c.name for c in cams]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup is not None:
+                raise _fail(f"{where}.cameras", f"has two cameras named {dup!r}")
+        return cls(preset=preset, resolution=res, cameras=cams)
+
+
+@dataclass
+class GeneratorSpec:
+    name: str = "projection"
+    weights: str | None = None  # absolute path to an MMVDM weights folder (a resource)
+    seed: int = 0
+    steps_key: int = 100
+    steps_other: int = 50
+    guidance: str = "multiview"
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "generator") -> "GeneratorSpec":
+        d = _obj(d, where)
+        _known(d, cls, where)
+        w = d.get("weights")
+        if w is not None and not os.path.isabs(_str(w, f"{where}.weights")):
+            raise _fail(f"{where}.weights", "must be an absolute path to the weights folder")
+        return cls(
+            name=_str(d.get("name", "projection"), f"{where}.name", GENERATORS),
+            weights=w,
+            seed=_int(d.get("seed", 0), f"{where}.seed", minimum=0),
+            steps_key=_int(d.get("steps_key", 100), f"{where}.steps_key", minimum=1),
+            steps_other=_int(d.get("steps_other", 50), f"{where}.steps_other", minimum=1),
+            guidance=_str(d.get("guidance", "multiview"), f"{where}.guidance", GUIDANCE_MODES),
+        )
+
+
+@dataclass
+class OutputsSpec:
+    corpus_format: str = "png"
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "outputs") -> "OutputsSpec":
+        d = _obj(d, where)
+        _known(d, cls, where)
+        return cls(corpus_format=_str(d.get("corpus_format", "png"), f"{where}.corpus_format", CORPUS_FORMATS))
+
+
+@dataclass
+class JobSpec:
+    """``job.json``: everything a job needs besides the files under ``inputs/``."""
+
+    inputs: InputsSpec
+    animation: AnimationSpec = field(default_factory=AnimationSpec)
+    cameras: CamerasSpec = field(default_factory=CamerasSpec)
+    generator: GeneratorSpec = field(default_factory=GeneratorSpec)
+    fit: dict[str, Any] = field(default_factory=dict)  # avatar fitting settings (fitting issue)
+    outputs: OutputsSpec = field(default_factory=OutputsSpec)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def preset(self) -> QualityPreset:
+        return PRESETS[self.cameras.preset]
+
+    @property
+    def num_frames(self) -> int:
+        return self.animation.num_frames or self.preset.num_frames
+
+    @property
+    def resolution(self) -> int:
+        return self.cameras.resolution or self.preset.resolution
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, d: Any) -> "JobSpec":
+        d = _obj(d, "job.json")
+        _known(d, cls, "job.json")
+        v = d.get("schema_version")
+        if v != SCHEMA_VERSION:
+            raise _fail("job.json: schema_version", f"must be {SCHEMA_VERSION} (got {v!r})")
+        if "inputs" not in d:
+            raise _fail("job.json: inputs", "is missing")
+        fit = d.get("fit", {})
+        if not isinstance(fit, dict):
+            raise _fail("job.json: fit", "must be a JSON object")
+        return cls(
+            inputs=InputsSpec.from_json(d["inputs"], "job.json: inputs"),
+            animation=AnimationSpec.from_json(d.get("animation", {}), "job.json: animation"),
+            cameras=CamerasSpec.from_json(d.get("cameras", {}), "job.json: cameras"),
+            generator=GeneratorSpec.from_json(d.get("generator", {}), "job.json: generator"),
+            fit=fit,
+            outputs=OutputsSpec.from_json(d.get("outputs", {}), "job.json: outputs"),
+            schema_version=v,
+        )
+
+    @classmethod
+    def loads(cls, text: str) -> "JobSpec":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MVP4DError("BAD_INPUT", f"job.json is not valid JSON ({e})", "Rewrite job.json.") from e
+        return cls.from_json(d)
+
+    @classmethod
+    def load(cls, job_dir: str | os.PathLike) -> "JobSpec":
+        path = Path(job_dir) / "job.json"
+        if not path.is_file():
+            raise MVP4DError("BAD_INPUT", f"no job.json in {job_dir}", "Create the job with 'corpus' or the add-on.")
+        return cls.loads(path.read_text(encoding="utf-8"))
+
+    def check_paths(self, job_dir: str | os.PathLike) -> None:
+        """Check every job-relative path resolves inside ``job_dir`` (symlinks included)."""
+        resolve_job_path(job_dir, self.inputs.reference_image, "job.json: inputs.reference_image")
+        if self.inputs.flame_params:
+            resolve_job_path(job_dir, self.inputs.flame_params, "job.json: inputs.flame_params")
+        if not self.animation.source.startswith("builtin:"):
+            resolve_job_path(job_dir, self.animation.source, "job.json: animation.source")
+
+
+# ---------------------------------------------------------------------------------------------
+# Events (events.jsonl and stdout, one JSON object per line)
+# ---------------------------------------------------------------------------------------------
+
+EVENT_TYPES = ("stage", "progress", "preview", "log", "warning", "error", "done")
+STAGE_STATUSES = ("start", "end", "skip")
+
+
+@dataclass
+class Event:
+    """One event. ``type`` picks which of the optional fields are required (see ``_REQUIRED``)."""
+
+    type: str
+    t: float = field(default_factory=time.time)
+    stage: str | None = None
+    status: str | None = None  # stage: start | end | skip
+    done: int | None = None  # progress
+    total: int | None = None  # progress
+    eta_s: float | None = None  # progress; None when unknown
+    path: str | None = None  # preview: job-relative image path
+    message: str | None = None  # log, warning, error
+    code: str | None = None  # error (ERROR_CODES), optional on warning
+    hint: str | None = None  # error
+    outputs: dict[str, str] | None = None  # done: name -> job-relative path
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Event":
+        d = _obj(d, "event")
+        _known(d, cls, "event")
+        etype = _str(d.get("type"), "event.type", EVENT_TYPES)
+        for k in _REQUIRED[etype]:
+            if d.get(k) is None:
+                raise _fail(f"event({etype}).{k}", "is missing")
+        if etype == "stage":
+            _str(d["status"], "event(stage).status", STAGE_STATUSES)
+        if etype == "error":
+            _str(d["code"], "event(error).code", tuple(ERROR_CODES))
+        if etype == "progress":
+            _int(d["done"], "event(progress).done", minimum=0)
+            _int(d["total"], "event(progress).total", minimum=0)
+        return cls(**d)
+
+    @classmethod
+    def loads(cls, line: str) -> "Event":
+        try:
+            return cls.from_json(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise MVP4DError("BAD_INPUT", f"event line is not JSON: {line[:80]!r}") from e
+
+
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "stage": ("stage", "status"),
+    "progress": ("stage", "done", "total"),
+    "preview": ("path",),
+    "log": ("message",),
+    "warning": ("message",),
+    "error": ("code", "message", "hint"),
+    "done": (),
+}
+
+
+def error_event(err: MVP4DError, stage: str | None = None) -> Event:
+    return Event("error", stage=stage, code=err.code, message=err.message, hint=err.hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Avatar bundle keys (avatar.safetensors). Shapes: N Gaussians, F faces, V vertices, T frames.
+# ---------------------------------------------------------------------------------------------
+
+BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_TENSORS: dict[str, str] = {
+    "gaussians.parent_face": "(N,) int32 index of the parent triangle",
+    "gaussians.local_position": "(N, 3) float32, triangle-local, in units of the triangle's size",
+    "gaussians.local_rotation": "(N, 4) float32 quaternion wxyz, triangle-local",
+    "gaussians.log_scale": "(N, 3) float32, log of scale relative to the triangle's size",
+    "gaussians.opacity_logit": "(N,) float32",
+    "gaussians.sh": "(N, K, 3) float32 spherical-harmonic coefficients, K = (degree + 1)^2",
+    "mesh.faces": "(F, 3) int32",
+    "mesh.rest_vertices": "(V, 3) float32 FLAME space with identity applied, neutral expression",
+    "animation.expr": "(T, E) float32",
+    "animation.jaw_pose": "(T, 3) float32",
+    "animation.neck_pose": "(T, 3) float32",
+    "animation.eye_pose": "(T, 6) float32",
+    "animation.global_rot": "(T, 3) float32",
+    "animation.transl": "(T, 3) float32",
+    "animation.vertices": "(T, V, 3) float16 posed vertices per frame",
+    "animation.detail_offsets": "(T, N, 3) float16 optional per-frame fine-detail offsets (local units)",
+}
+BUNDLE_OPTIONAL = ("animation.detail_offsets",)
+BUNDLE_METADATA_KEYS = ("schema_version", "fps", "num_frames", "flame_model_id", "camera_ring", "generator", "settings")
