@@ -205,6 +205,7 @@ class InputsSpec:
     reference_image: str  # job-relative, e.g. "inputs/reference.png"
     flame_model: str = "toy"  # "toy" or an absolute path to the user's FLAME .pkl/.npz (a resource)
     flame_params: str | None = None  # job-relative .npz (FLAME_PARAM_KEYS): given -> no tracking
+    reference_camera: CameraSpec | None = None  # required with flame_params: the camera of the photo
 
     @classmethod
     def from_json(cls, d: Any, where: str = "inputs") -> "InputsSpec":
@@ -216,10 +217,14 @@ class InputsSpec:
         if fm != "toy" and not os.path.isabs(fm):
             raise _fail(f"{where}.flame_model", "must be 'toy' or an absolute path to a FLAME .pkl/.npz")
         fp = d.get("flame_params")
+        cam = d.get("reference_camera")
+        if (fp is None) != (cam is None):
+            raise _fail(f"{where}.reference_camera", "and flame_params must be given together (or neither)")
         return cls(
             reference_image=_rel_path(d["reference_image"], f"{where}.reference_image"),
             flame_model=fm,
             flame_params=None if fp is None else _rel_path(fp, f"{where}.flame_params"),
+            reference_camera=None if cam is None else CameraSpec.from_json(cam, f"{where}.reference_camera"),
         )
 
 

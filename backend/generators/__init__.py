@@ -1,0 +1,36 @@
+"""Multi-view corpus generators behind one interface.
+
+A generator renders the frames of one view: ``render(vertices (T,V,3), camera, check) -> uint8
+(T, H, W, 3)`` where ``vertices`` is the head posed for every frame of the animation and ``check`` is
+called between batches so a cancel lands quickly. ``projection`` is weights-free (the photo projected
+onto the head); ``mmvdm`` is the diffusion model of the paper (its own issue).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..cameras import Camera
+from ..errors import MVP4DError
+from ..protocol import GeneratorSpec
+from .projection import ProjectionGenerator
+
+__all__ = ["ProjectionGenerator", "build_generator"]
+
+
+def build_generator(
+    spec: GeneratorSpec, *, faces: np.ndarray, reference_vertices: torch.Tensor,
+    reference_camera: Camera, reference_image: np.ndarray,
+) -> ProjectionGenerator:
+    if spec.name == "projection":
+        return ProjectionGenerator(faces, reference_vertices, reference_camera, reference_image)
+    if spec.name == "mmvdm":
+        if not spec.weights:
+            raise MVP4DError("WEIGHTS_MISSING", "the mmvdm generator needs an MMVDM weights folder")
+        raise MVP4DError(
+            "BAD_INPUT",
+            "the mmvdm generator is not available in this version of the backend",
+            "Use --generator projection for now; the MMVDM lands with its own issue.",
+        )
+    raise MVP4DError("BAD_INPUT", f"unknown generator {spec.name!r}", "Use 'projection' or 'mmvdm'.")

@@ -1,0 +1,185 @@
+"""The job's stages: ``track`` (reference photo → FLAME + camera) and ``corpus`` (multi-view videos).
+
+Each stage reads the spec and the previous stages' folders, writes its own ``stages/<name>/`` and
+returns its outputs; :mod:`backend.jobs` runs them, skips finished ones and reports events.
+
+``stages/corpus/`` layout (read by the fitting stage and by the add-on's preview):
+
+==========================  ====================================================================
+``corpus.json``             views (name, folder, key flag, azimuth/elevation), frames, fps,
+                            resolution, key views, clusters, generator
+``cameras.json``            one ``protocol.CameraSpec`` per view, in view order
+``animation.npz``           the FLAME parameters of every frame (``FlameParams.save_npz``)
+``reference/``              ``image.png`` (the matted reference crop), ``camera.json``, ``outcrop.png``
+``views/<name>/NNNN.png``   each view's frames; a view folder appears only once complete
+==========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .animation import job_animation
+from .cameras import Camera, CameraRing, ring_preset
+from .conditioning.crop import crop_image, head_boxes
+from .errors import bad_input
+from .flame.io import load_flame
+from .flame.lbs import Flame, FlameParams
+from .fsutil import atomic_dir, write_json_atomic
+from .generators import build_generator
+from .jobs import Stage, StageContext, stage_dir
+from .preview import contact_sheet
+from .protocol import JobSpec
+from .tracking import load_track, track_from_params, track_image
+from .tracking.image import load_image, save_png_atomic
+
+CROP_SCALE = 1.25  # paper S2.1: the crop box is 25 % larger than the projected head
+PREVIEW_NAME = "outputs/corpus_preview.png"
+
+
+def _flame(ctx: StageContext) -> Flame:
+    if "flame" not in ctx.cache:
+        ctx.cache["flame"] = Flame(load_flame(ctx.spec.inputs.flame_model))
+    return ctx.cache["flame"]
+
+
+# ---------------------------------------------------------------------------------------------
+# track
+# ---------------------------------------------------------------------------------------------
+
+
+def run_track(ctx: StageContext) -> dict[str, str]:
+    spec, flame = ctx.spec, _flame(ctx)
+    image = ctx.path(spec.inputs.reference_image)
+    if spec.inputs.flame_params:
+        track_from_params(ctx.path(spec.inputs.flame_params), spec.inputs.reference_camera, image=image,
+                          flame_source=flame, out_dir=ctx.stage_dir)
+    else:
+        res = track_image(image, flame_source=flame, out_dir=ctx.stage_dir, warn=ctx.warn,
+                          progress=ctx.progress)
+        ctx.sink.log(f"landmark error {res.mean_error_px:.2f} px ({100 * res.relative_error:.2f} % of the face box)",
+                     stage=ctx.stage)
+    return {"track": "stages/track"}
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def head_bounds(flame: Flame, shape: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Centre and largest extent (metres) of the head proper, neutral pose, with this identity."""
+    with torch.no_grad():
+        v = flame.neutral_vertices(shape).cpu().numpy().reshape(-1, 3)
+    mask = flame.model.head_mask()
+    head = v[mask] if mask is not None and mask.any() else v
+    lo, hi = head.min(0), head.max(0)
+    return (lo + hi) / 2.0, float((hi - lo).max())
+
+
+def build_ring(spec: JobSpec, reference: Camera, center: np.ndarray, extent: float) -> CameraRing:
+    """The job's camera ring: explicit cameras from the spec, or the preset's ring framed on the head.
+
+    Preset rings sit at the photo's camera distance (similar perspective) and are framed like the
+    paper's face crop: the head spans 1 / CROP_SCALE of the image.
+    """
+    if spec.cameras.cameras:
+        return CameraRing.from_cameras([Camera.from_spec(c) for c in spec.cameras.cameras])
+    res = spec.resolution
+    distance = float(np.clip(np.linalg.norm(reference.center - center), 0.3, 5.0))
+    focal = res * distance / (CROP_SCALE * extent)
+    return ring_preset(spec.cameras.preset, center=center, distance=distance, focal_px=focal, resolution=res)
+
+
+def reference_crop(
+    flame: Flame, params: FlameParams, camera: Camera, matted: np.ndarray, size: int,
+) -> tuple[np.ndarray, Camera, np.ndarray]:
+    """The paper's reference input: the matted photo cropped around the projected head (white pad)."""
+    with torch.no_grad():
+        verts = flame(params).vertices[0].cpu().numpy()
+    uv, _ = camera.project(verts)
+    box = head_boxes(uv[None], flame.model.head_mask(), scale=CROP_SCALE)[0]
+    crop, outcrop = crop_image(matted, box, size)
+    return crop, camera.cropped(float(box[0]), float(box[1]), float(box[2]), size), outcrop
+
+
+def run_corpus(ctx: StageContext) -> dict[str, str]:
+    spec, flame, out = ctx.spec, _flame(ctx), ctx.stage_dir
+    track = load_track(stage_dir(ctx.job_dir, "track"), flame_source=flame)
+    matted = track.matted if track.matted is not None else load_image(ctx.path(spec.inputs.reference_image))
+    num_frames, res = spec.num_frames, spec.resolution
+
+    seq = job_animation(spec.animation.source, ctx.job_dir, flame.model, num_frames, track.params.shape, ctx.warn)
+    with torch.no_grad():
+        vertices = flame(seq).vertices
+    if not torch.isfinite(vertices).all():
+        raise bad_input("the animation produces non-finite vertices (NaN or inf parameters)",
+                        "Check the animation file's values.")
+    center, extent = head_bounds(flame, track.params.shape)
+    ring = build_ring(spec, track.camera, center, extent)
+
+    crop, crop_cam, outcrop = reference_crop(flame, track.params, track.camera, matted, res)
+    save_png_atomic(out / "reference" / "image.png", crop)
+    save_png_atomic(out / "reference" / "outcrop.png", (outcrop * 255).astype(np.uint8))
+    write_json_atomic(out / "reference" / "camera.json", crop_cam.to_spec().__dict__)
+    seq.save_npz(out / "animation.npz")
+    write_json_atomic(out / "cameras.json", [c.to_spec().__dict__ for c in ring.cameras])
+    write_json_atomic(out / "corpus.json", _manifest(spec, ring, num_frames))
+
+    with torch.no_grad():
+        ref_vertices = flame(track.params).vertices[0]
+    generator = build_generator(spec.generator, faces=flame.model.faces, reference_vertices=ref_vertices,
+                                reference_camera=track.camera, reference_image=matted)
+    views = out / "views"
+    views.mkdir(exist_ok=True)
+    finished = [c.name for c in ring.cameras if (views / c.name).is_dir()]
+    if finished:
+        ctx.sink.log(f"resuming: {len(finished)} of {len(ring)} views already done", stage=ctx.stage)
+    ctx.progress(len(finished), len(ring))
+    for i, cam in enumerate(ring.cameras):
+        if (views / cam.name).is_dir():
+            continue
+        ctx.cancel.check()
+        frames = generator.render(vertices, cam, check=ctx.cancel.check)
+        with atomic_dir(views / cam.name) as tmp:
+            for f, img in enumerate(frames):  # the folder as a whole is atomic
+                Image.fromarray(img).save(tmp / f"{f:04d}.png", compress_level=1)
+        finished.append(cam.name)
+        ctx.progress(len(finished), len(ring))
+
+    sheet = contact_sheet(
+        lambda v, f: load_image(views / ring.cameras[v].name / f"{f:04d}.png"),
+        len(ring), num_frames, key_views=ring.key_indices,
+    )
+    save_png_atomic(ctx.job_dir / PREVIEW_NAME, sheet)
+    ctx.sink.preview(PREVIEW_NAME, stage=ctx.stage)
+    return {"corpus": "stages/corpus", "corpus_preview": PREVIEW_NAME}
+
+
+def _manifest(spec: JobSpec, ring: CameraRing, num_frames: int) -> dict[str, Any]:
+    ae = ring.azimuth_elevation
+    return {
+        "views": [
+            {"name": c.name, "dir": f"views/{c.name}", "key": i in ring.key_indices,
+             "azimuth": None if ae is None else float(ae[i][0]),
+             "elevation": None if ae is None else float(ae[i][1])}
+            for i, c in enumerate(ring.cameras)
+        ],
+        "num_frames": num_frames,
+        "fps": spec.animation.fps,
+        "resolution": spec.resolution,
+        "frame_pattern": "{frame:04d}.png",
+        "key_indices": list(ring.key_indices),
+        "clusters": [list(c) for c in ring.clusters],
+        "cluster_keys": [list(c) for c in ring.cluster_keys],
+        "generator": spec.generator.name,
+    }
+
+
+STAGES: list[Stage] = [Stage("track", run_track), Stage("corpus", run_corpus)]
+
+__all__ = ["STAGES", "run_track", "run_corpus", "build_ring", "head_bounds", "reference_crop"]
