@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import bad_input
-from .flame.lbs import Flame, FlameParams
+from .flame.lbs import FlameParams
 from .flame.model import FlameModel
 
 BUILTIN_ANIMATIONS = ("default", "neutral")
@@ -91,7 +91,7 @@ def load_animation(
             how = "holding its last frame" if n < num_frames else "using its first frames"
             warn(f"animation has {n} frames, the job needs {num_frames}: {how}")
         idx = torch.clamp(torch.arange(num_frames), max=n - 1)
-        params = params.index_frames(idx)
+        params = FlameParams(**{k: (v if k == "shape" else v[idx]) for k, v in vars(params).items()})
     return params
 
 
@@ -103,8 +103,3 @@ def job_animation(
         return builtin_animation(source.split(":", 1)[1], model, num_frames, shape, warn)
     return load_animation(job_dir / source, model, num_frames, shape, warn)
 
-
-def head_motion_ok(flame: Flame, params: FlameParams) -> bool:
-    """True when every frame's vertices are finite (guards against NaNs in user animations)."""
-    with torch.no_grad():
-        return bool(torch.isfinite(flame(params).vertices).all())
