@@ -25,7 +25,7 @@ from PIL import Image
 
 from .animation import job_animation
 from .cameras import Camera, CameraRing, ring_preset
-from .conditioning.crop import crop_image, head_boxes
+from .conditioning.crop import CROP_SCALE, crop_camera, crop_image, face_crop_boxes
 from .errors import bad_input
 from .flame.io import load_flame
 from .flame.lbs import Flame, FlameParams
@@ -37,7 +37,6 @@ from .protocol import JobSpec
 from .tracking import load_track, track_from_params, track_image
 from .tracking.image import load_image, save_png_atomic
 
-CROP_SCALE = 1.25  # paper S2.1: the crop box is 25 % larger than the projected head
 PREVIEW_NAME = "outputs/corpus_preview.png"
 
 
@@ -100,11 +99,10 @@ def reference_crop(
 ) -> tuple[np.ndarray, Camera, np.ndarray]:
     """The paper's reference input: the matted photo cropped around the projected head (white pad)."""
     with torch.no_grad():
-        verts = flame(params).vertices[0].cpu().numpy()
-    uv, _ = camera.project(verts)
-    box = head_boxes(uv[None], flame.model.head_mask(), scale=CROP_SCALE)[0]
+        verts = flame(params).vertices
+    box = face_crop_boxes(camera, verts, flame.model.head_mask(), scale=CROP_SCALE)[0]
     crop, outcrop = crop_image(matted, box, size)
-    return crop, camera.cropped(float(box[0]), float(box[1]), float(box[2]), size), outcrop
+    return crop, crop_camera(camera, box, size), outcrop
 
 
 def run_corpus(ctx: StageContext) -> dict[str, str]:
