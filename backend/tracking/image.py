@@ -1,0 +1,141 @@
+"""Reference-image I/O: load anything Pillow reads as uint8 RGB, with errors a user can act on.
+
+Every problem with the file (missing, a folder, empty, truncated, not an image, too small) is raised
+as :class:`~backend.errors.MVP4DError` ``BAD_INPUT`` naming the path and what is wrong. Images are
+returned in the project's I/O layout: numpy ``uint8`` (H, W, 3) RGB, EXIF orientation applied, alpha
+composited on white (the paper masks the reference to a white background, S2.1).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import MVP4DError
+from ..fsutil import atomic_path
+
+#: smallest accepted side, in pixels (MediaPipe cannot find landmarks on anything smaller)
+MIN_IMAGE_SIDE = 64
+
+_HINT_FILE = "Pass a readable PNG or JPEG photo of a face."
+
+
+def _bad(path: str | os.PathLike, problem: str, hint: str = _HINT_FILE) -> MVP4DError:
+    return MVP4DError("BAD_INPUT", f"reference image {path}: {problem}", hint)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``uint8`` (H, W, 3) RGB.
+
+    Handles EXIF orientation, RGBA/LA/palette transparency (composited on white), greyscale,
+    16-bit and float images and multi-frame files (first frame). Raises ``BAD_INPUT`` for a missing
+    path, a folder, an empty/corrupt/truncated file, a non-image or an image smaller than
+    :data:`MIN_IMAGE_SIDE` pixels on a side.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise _bad(p, "does not exist")
+    if p.is_dir():
+        raise _bad(p, "is a folder, not an image file")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise _bad(p, f"cannot be read ({e.strerror or e})") from e
+    if size == 0:
+        raise _bad(p, "is an empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. Pillow's "palette images with transparency" note
+            with Image.open(p) as im:
+                im.load()  # decode now: truncated or corrupt data fails here, not later
+                im = ImageOps.exif_transpose(im)
+                rgb = to_rgb_uint8(im)
+    except Image.DecompressionBombError as e:
+        raise _bad(p, f"is too large to decode safely ({e})", "Downscale the photo (e.g. to 2048 px) and retry.") from e
+    except PermissionError as e:
+        raise _bad(p, "cannot be read (permission denied)", "Check the file's permissions.") from e
+    except UnidentifiedImageError as e:
+        raise _bad(p, "is not an image Pillow can read (unknown or corrupt format)") from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken chunks, bad headers
+        raise _bad(p, f"is corrupt or truncated ({e})") from e
+    check_image_size(rgb, str(p))
+    return rgb
+
+
+def check_image_size(image: np.ndarray, where: str = "reference image") -> None:
+    """Reject images smaller than :data:`MIN_IMAGE_SIDE` on a side (``BAD_INPUT``)."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise MVP4DError(
+            "BAD_INPUT",
+            f"{where} is {w}x{h} pixels; at least {MIN_IMAGE_SIDE} pixels on each side are needed",
+            "Use a larger photo; the face should be at least about 100 pixels across.",
+        )
+
+
+def to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """Convert any Pillow image to ``uint8`` (H, W, 3) RGB; transparency is composited on white."""
+    mode = im.mode
+    if mode == "P" and "transparency" in im.info:
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        a = rgba[..., 3:4] / 255.0
+        out = rgba[..., :3] * a + 255.0 * (1.0 - a)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            hi = 1.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 255.0
+        else:  # 16-bit greyscale (Pillow loads it as I;16 or as 32-bit I holding 0..65535)
+            hi = 65535.0 if np.nanmax(arr, initial=0.0) > 255 or mode.startswith("I;16") else 255.0
+        grey = np.clip(np.rint(np.nan_to_num(arr) / hi * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def as_rgb_uint8(image: np.ndarray, where: str = "reference image") -> np.ndarray:
+    """Validate an in-memory image and return it as contiguous ``uint8`` (H, W, 3) RGB.
+
+    Accepts (H, W) greyscale, (H, W, 3) RGB and (H, W, 4) RGBA (composited on white); ``uint8`` as is,
+    floats taken to be in [0, 1].
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise MVP4DError("BAD_INPUT", f"{where} must be an (H, W, 3) RGB array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise MVP4DError("BAD_INPUT", f"{where} must be uint8 or float in [0, 1], got {arr.dtype}")
+        arr = np.clip(np.rint(np.nan_to_num(arr) * 255.0), 0, 255).astype(np.uint8)
+    if arr.shape[2] == 4:
+        arr = to_rgb_uint8(Image.fromarray(arr))
+    check_image_size(arr, where)
+    return np.ascontiguousarray(arr)
+
+
+def save_png_atomic(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write ``uint8`` (H, W), (H, W, 3) or (H, W, 4) as PNG atomically; return the path.
+
+    The PNG is encoded into a temporary file next to ``path`` and moved into place with
+    ``os.replace``, so ``path`` never holds a partial image (an encoder error leaves no file).
+    """
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"save_png_atomic needs uint8 (H, W[, 3|4]), got {arr.dtype} {arr.shape}")
+    pil = Image.fromarray(np.ascontiguousarray(arr))  # L, RGB or RGBA from the shape
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG")
+    return Path(path)
+
+
+def default_reference_image() -> np.ndarray:
+    """Scikit-image's astronaut (Eileen Collins, NASA, public domain), 512x512 RGB; ships in the wheel."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut(), dtype=np.uint8)
