@@ -111,3 +111,16 @@ def test_demo_leaves_contact_sheet(tmp_path):
     sheet = tmp_path / "demo" / "outputs" / "corpus_preview.png"
     assert sheet.is_file() and events[-1].type == "done"
     assert JobSpec.load(tmp_path / "demo").inputs.flame_model == "toy"
+
+
+def test_doctor_reports_environment():
+    plain = subprocess.run([sys.executable, "-m", "backend", "doctor"], cwd=REPO, capture_output=True, text=True)
+    assert plain.returncode == 0 and json.loads(plain.stdout)["flame"]["ok"] is True
+    out = subprocess.run([sys.executable, "-m", "backend", "doctor", "--flame", "/nonexistent/flame.pkl"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    assert report["torch"]["device"] in ("cpu", "cuda")
+    assert report["gsplat"]["path"] in ("cuda", "cpu-reference", "missing")
+    assert report["packages"]["mediapipe"]["version"] == "0.10.14"
+    assert report["flame"]["ok"] is False and report["flame"]["fix"]
+    assert report["ok"] is False  # a missing FLAME file makes the installation not ok
