@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check backend tests
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
