@@ -1,0 +1,184 @@
+"""Benchmark one MMVDM forward on randomly initialised weights: time, FLOP/s, peak memory.
+
+``run_bench(...)`` returns a JSON-serialisable dict; ``main(argv)`` parses ``--size --views --frames --res
+--dtype --attention --steps [--device]`` and prints it (``python -m backend.mmvdm.bench --size tiny``).
+
+* ``seconds_per_forward``: mean over ``steps`` timed forwards after one untimed warm-up, CUDA-synchronised.
+* ``flops_per_forward``: analytic, from the config and token count (``configs.forward_flops``: QKV/out
+  projections 8·N·D², attention matmuls 4·N²·D, MLP 16·N·D² per layer, patch embed, AdaLN and output head;
+  2·m·n·k per matmul; elementwise ops not counted). ``achieved_tflops`` = flops / seconds.
+* ``matmul_tflops``: the same device's measured dense bf16 matmul rate (a square ``torch.matmul``, timed in
+  the same run); ``fraction_of_matmul`` = achieved / matmul.
+* ``peak_memory_bytes``: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of the process's
+  peak RSS (VmHWM, reset through /proc/self/clear_refs where the kernel allows it) over the RSS before.
+* ``attention``: "auto" leaves diffusers' default (native SDPA, which picks flash/cuDNN/efficient itself);
+  "flash", "flash3", "cudnn", "efficient", "math", "native", "sage", "flex", "xformers" or any diffusers
+  ``AttentionBackendName`` value is selected with diffusers' ``attention_backend`` context manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import MVP4DError
+from .configs import forward_flops, latent_frames, mmvdm_2b_config, tiny_config
+from .transformer import MMVDMTransformer
+
+__all__ = ["run_bench", "main", "ATTENTION_ALIASES"]
+
+ATTENTION_ALIASES = {
+    "native": "native", "flash": "flash", "flash3": "_flash_3", "fa3": "_flash_3", "cudnn": "_native_cudnn",
+    "efficient": "_native_efficient", "math": "_native_math", "torch-flash": "_native_flash", "sage": "sage",
+    "flex": "flex", "xformers": "xformers",
+}
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+           "fp32": torch.float32, "float32": torch.float32}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int | None = None,
+                  repeats: int | None = None) -> float:
+    """Measured dense matmul rate (TFLOP/s) of an n×n×n ``torch.matmul`` in ``dtype`` on ``device``."""
+    n = n or (8192 if device.type == "cuda" else 512)
+    repeats = repeats or (20 if device.type == "cuda" else 3)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
+def run_bench(size: str = "tiny", views: int = 2, frames: int = 9, res: int = 64, dtype: str | torch.dtype = "bf16",
+              attention: str = "auto", steps: int = 3, device: str | torch.device | None = None) -> dict:
+    """Time ``steps`` forwards of a randomly initialised MMVDM (see the module docstring for every field).
+
+    ``frames`` are pixel frames per view (1 + 4k), ``res`` the square pixel resolution (multiple of 16).
+    """
+    if size not in ("tiny", "2b"):
+        raise MVP4DError("BAD_INPUT", f"unknown model size {size!r}", "Use --size tiny or --size 2b.")
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise MVP4DError("BAD_INPUT", f"unknown dtype {dtype!r}", "Use bf16, fp16 or fp32.")
+        dtype = _DTYPES[dtype]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if views < 1 or steps < 1 or res % 16:
+        raise MVP4DError("BAD_INPUT", "views and steps must be >= 1 and res a multiple of 16")
+    t = latent_frames(frames)
+    h = w = res // 8
+    config = mmvdm_2b_config() if size == "2b" else tiny_config()
+    backend = None if attention == "auto" else ATTENTION_ALIASES.get(attention, attention)
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = MMVDMTransformer.from_config(config)
+    model = torch.nn.Module.to(model, dtype).eval()  # (ModelMixin.to warns about fp32 modules it has none of)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    cc = config["conditioning_channels"]
+    latents = torch.randn(1, views, t, config["in_channels"], h, w, generator=gen).to(device, dtype)
+    cond = torch.randn(1, views, t, cc, h, w, generator=gen).to(device, dtype)
+    ref = torch.randn(1, config["in_channels"], h, w, generator=gen).to(device, dtype)
+    ref_cond = torch.randn(1, cc, h, w, generator=gen).to(device, dtype)
+    timestep = torch.tensor([500], device=device)
+
+    def forward() -> torch.Tensor:
+        return model(latents, timestep, reference=ref, conditioning=cond, reference_conditioning=ref_cond).sample
+
+    from diffusers.models.attention_dispatch import attention_backend
+
+    ctx = attention_backend(backend) if backend else contextlib.nullcontext()
+    try:
+        with torch.inference_mode(), ctx:
+            forward()  # warm-up (kernel selection, allocator)
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            else:
+                _reset_peak_rss()
+                base = _status_kb("VmRSS") or 0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                out = forward()
+            _sync(device)
+            seconds = (time.perf_counter() - t0) / steps
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+            else:
+                peak = max(0, (_status_kb("VmHWM") or base) - base)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise MVP4DError("OUT_OF_MEMORY", f"the {size} MMVDM at {views} views × {frames} frames × {res}² does "
+                             f"not fit on {device}") from exc
+        raise MVP4DError("BAD_INPUT", f"attention backend {attention!r} failed on {device}: {exc}",
+                         "Use --attention auto or native.") from exc
+    flops = forward_flops(config, views, t, h, w, reference=True)
+    rate = matmul_tflops(device)
+    achieved = flops["total"] / seconds / 1e12
+    return {
+        "size": size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."), "attention": attention,
+        "attention_backend": backend or "default", "views": views, "frames": frames, "latent_frames": t,
+        "res": res, "tokens": flops["tokens"], "attention_scale": model.attention_scale(flops["tokens"]),
+        "parameters": sum(p.numel() for p in model.parameters()), "steps": steps,
+        "seconds_per_forward": seconds, "flops_per_forward": flops["total"],
+        "flops_breakdown": {k: v for k, v in flops.items() if k not in ("total", "tokens")},
+        "achieved_tflops": achieved, "matmul_tflops": rate, "fraction_of_matmul": achieved / rate,
+        "peak_memory_bytes": int(peak), "output_shape": list(out.shape), "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m backend bench mmvdm", description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=("tiny", "2b"), default="tiny")
+    p.add_argument("--views", type=int, default=2)
+    p.add_argument("--frames", type=int, default=9, help="pixel frames per view, 1 + 4k")
+    p.add_argument("--res", type=int, default=64, help="square pixel resolution, multiple of 16")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
+    p.add_argument("--attention", default="auto", help="auto | " + " | ".join(ATTENTION_ALIASES))
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    try:
+        result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
+                           args.device)
+    except MVP4DError as exc:
+        print(json.dumps({"error": exc.code, "message": exc.message, "hint": exc.hint}))
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
