@@ -100,6 +100,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _create_and_run(args, image, until=None)
 
 
+# Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
+DELEGATES: dict[str, dict[str, str]] = {
+    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench"},
+    "plan": {"": "backend.mmvdm.plan"},
+    "weights": {"build": "backend.mmvdm.weights_cli", "check": "backend.mmvdm.weights_cli"},
+    "export": {"": "backend.avatar.export"},
+}
+
+
+def cmd_delegate(args: argparse.Namespace) -> int:
+    import importlib
+
+    table = DELEGATES[args.command]
+    rest = list(args.rest)
+    if "" in table:
+        module, argv = table[""], rest
+    else:
+        if not rest or rest[0] not in table:
+            print(f"usage: python -m backend {args.command} {{{','.join(table)}}} ...", file=sys.stderr)
+            return 2
+        module, argv = table[rest[0]], (rest if args.command == "weights" else rest[1:])
+    return int(importlib.import_module(module).main(argv))
+
+
 def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
     p.add_argument("--out", required=True, help="job folder to create (or resume)")
     p.add_argument("--preset", default=preset, choices=list(PRESETS), help="camera ring and quality preset")
@@ -136,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_dir")
     p.add_argument("--until", default=None, help="stop after this stage")
     p.set_defaults(func=cmd_run)
+
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...' (JSON)",
+             "plan": "print the MMVDM sampling plan for a preset",
+             "weights": "'weights build --from COGVIDEOX_DIR --out DIR' or 'weights check DIR'",
+             "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'"}
+    for name in DELEGATES:
+        p = sub.add_parser(name, help=helps[name], add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_delegate)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default (astronaut, toy head)")
     _add_job_options(p, preset="preview")
