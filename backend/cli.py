@@ -15,7 +15,19 @@ from pathlib import Path
 
 from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError
 from .events import CancelToken, EventSink
-from .protocol import GENERATORS, PRESETS, AnimationSpec, CamerasSpec, GeneratorSpec, InputsSpec, JobSpec
+from .protocol import (
+    DTYPES,
+    GENERATORS,
+    GUIDANCE_MODES,
+    PRESETS,
+    SAMPLERS,
+    VRAM_PRESETS,
+    AnimationSpec,
+    CamerasSpec,
+    GeneratorSpec,
+    InputsSpec,
+    JobSpec,
+)
 
 
 def _flame_source(value: str) -> str:
@@ -57,7 +69,11 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         inputs=InputsSpec(reference_image="", flame_model=_flame_source(args.flame)),
         animation=AnimationSpec(num_frames=args.frames),
         cameras=CamerasSpec(preset=args.preset, resolution=args.resolution),
-        generator=GeneratorSpec(name=args.generator, weights=args.weights, seed=args.seed),
+        generator=GeneratorSpec(
+            name=args.generator, weights=None if args.weights is None else str(Path(args.weights).resolve()),
+            seed=args.seed, sampler=args.sampler, guidance=args.guidance, steps_key=args.steps_key,
+            steps_other=args.steps_other, vram=args.vram, dtype=args.dtype,
+        ),
     )
 
 
@@ -134,6 +150,12 @@ def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
     p.add_argument("--generator", default="projection", choices=list(GENERATORS))
     p.add_argument("--weights", default=None, help="MMVDM weights folder (for --generator mmvdm)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="joint", choices=list(SAMPLERS), help="MMVDM sampler")
+    p.add_argument("--guidance", default="multiview", choices=list(GUIDANCE_MODES), help="MMVDM guidance")
+    p.add_argument("--steps-key", type=int, default=100, help="DDIM steps of key-view passes")
+    p.add_argument("--steps-other", type=int, default=50, help="DDIM steps of cluster passes")
+    p.add_argument("--vram", default=None, choices=list(VRAM_PRESETS), help="MMVDM memory preset")
+    p.add_argument("--dtype", default="auto", choices=list(DTYPES))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATES:  # argparse's REMAINDER drops leading options, so route directly
+        return cmd_delegate(argparse.Namespace(command=argv[0], rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -57,6 +57,11 @@ PRESETS: dict[str, QualityPreset] = {
 
 GENERATORS = ("projection", "mmvdm")
 GUIDANCE_MODES = ("multiview", "conventional", "none")
+SAMPLERS = ("joint", "composed", "preview")  # joint pass (paper), Diffusion²-style composed, 4DVD-style preview
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+VRAM_PRESETS = ("high", "medium", "low", "lowest")
+OFFLOAD_MODES = ("none", "model", "sequential")
+CFG_PASSES = ("sequential", "batched")
 CORPUS_FORMATS = ("png",)
 DEFAULT_FPS = 24.0
 
@@ -281,12 +286,22 @@ class CamerasSpec:
 
 @dataclass
 class GeneratorSpec:
+    """Which generator makes the corpus and how. Memory switches left at None follow the ``vram`` preset."""
+
     name: str = "projection"
     weights: str | None = None  # absolute path to an MMVDM weights folder (a resource)
     seed: int = 0
     steps_key: int = 100
     steps_other: int = 50
     guidance: str = "multiview"
+    sampler: str = "joint"
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    vram: str | None = None  # high | medium | low | lowest (None: medium)
+    offload: str | None = None
+    cfg_passes: str | None = None
+    vae_tiling: bool | None = None
+    refine_strength: float = 0.6  # preview sampler: share of the schedule left for refinement
+    preview_steps: int | None = None
 
     @classmethod
     def from_json(cls, d: Any, where: str = "generator") -> "GeneratorSpec":
@@ -295,6 +310,18 @@ class GeneratorSpec:
         w = d.get("weights")
         if w is not None and not os.path.isabs(_str(w, f"{where}.weights")):
             raise _fail(f"{where}.weights", "must be an absolute path to the weights folder")
+
+        def opt(key: str, choices: tuple[str, ...]) -> str | None:
+            v = d.get(key)
+            return None if v is None else _str(v, f"{where}.{key}", choices)
+
+        tiling = d.get("vae_tiling")
+        if tiling is not None and not isinstance(tiling, bool):
+            raise _fail(f"{where}.vae_tiling", "must be true, false or null")
+        refine = _num(d.get("refine_strength", 0.6), f"{where}.refine_strength", minimum=0.0)
+        if refine > 1.0:
+            raise _fail(f"{where}.refine_strength", "must be <= 1")
+        ps = d.get("preview_steps")
         return cls(
             name=_str(d.get("name", "projection"), f"{where}.name", GENERATORS),
             weights=w,
@@ -302,6 +329,14 @@ class GeneratorSpec:
             steps_key=_int(d.get("steps_key", 100), f"{where}.steps_key", minimum=1),
             steps_other=_int(d.get("steps_other", 50), f"{where}.steps_other", minimum=1),
             guidance=_str(d.get("guidance", "multiview"), f"{where}.guidance", GUIDANCE_MODES),
+            sampler=_str(d.get("sampler", "joint"), f"{where}.sampler", SAMPLERS),
+            dtype=_str(d.get("dtype", "auto"), f"{where}.dtype", DTYPES),
+            vram=opt("vram", VRAM_PRESETS),
+            offload=opt("offload", OFFLOAD_MODES),
+            cfg_passes=opt("cfg_passes", CFG_PASSES),
+            vae_tiling=tiling,
+            refine_strength=refine,
+            preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1),
         )
 
 

@@ -128,12 +128,40 @@ def run_corpus(ctx: StageContext) -> dict[str, str]:
     write_json_atomic(out / "cameras.json", [c.to_spec().__dict__ for c in ring.cameras])
     write_json_atomic(out / "corpus.json", _manifest(spec, ring, num_frames))
 
-    with torch.no_grad():
-        ref_vertices = flame(track.params).vertices[0]
-    generator = build_generator(spec.generator, faces=flame.model.faces, reference_vertices=ref_vertices,
-                                reference_camera=track.camera, reference_image=matted)
     views = out / "views"
     views.mkdir(exist_ok=True)
+    if spec.generator.name == "mmvdm":
+        _run_mmvdm(ctx, ring, vertices, flame, seq, track.params, crop_cam, crop, outcrop)
+    else:
+        _run_per_view(ctx, ring, vertices, flame, track, matted)
+    sheet = contact_sheet(
+        lambda v, f: load_image(views / ring.cameras[v].name / f"{f:04d}.png"),
+        len(ring), num_frames, key_views=ring.key_indices,
+    )
+    save_png_atomic(ctx.job_dir / PREVIEW_NAME, sheet)
+    ctx.sink.preview(PREVIEW_NAME, stage=ctx.stage)
+    return {"corpus": "stages/corpus", "corpus_preview": PREVIEW_NAME}
+
+
+def _run_mmvdm(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flame: Flame, seq: FlameParams,
+               ref_params: FlameParams, crop_cam: Camera, crop: np.ndarray, outcrop: np.ndarray) -> None:
+    """The paper's plan: passes checkpointed under ``stages/corpus/mmvdm/`` (resume skips finished ones)."""
+    from .generators.mmvdm import MMVDMGenerator
+
+    gen = MMVDMGenerator.from_spec(ctx.spec.generator)  # WEIGHTS_MISSING/MISMATCH before any work
+    gen.generate(ring, vertices, flame, seq, ref_params, crop_cam, crop, out_views_dir=ctx.stage_dir / "views",
+                 state_dir=ctx.stage_dir / "mmvdm", progress=ctx.progress, check=ctx.cancel.check,
+                 log=lambda m: ctx.sink.log(m, stage=ctx.stage), ref_outcrop=outcrop)
+
+
+def _run_per_view(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flame: Flame, track: Any,
+                  matted: np.ndarray) -> None:
+    """Generators that render view by view (projection): each view folder appears only once complete."""
+    with torch.no_grad():
+        ref_vertices = flame(track.params).vertices[0]
+    generator = build_generator(ctx.spec.generator, faces=flame.model.faces, reference_vertices=ref_vertices,
+                                reference_camera=track.camera, reference_image=matted)
+    views = ctx.stage_dir / "views"
     finished = [c.name for c in ring.cameras if (views / c.name).is_dir()]
     if finished:
         ctx.sink.log(f"resuming: {len(finished)} of {len(ring)} views already done", stage=ctx.stage)
@@ -148,14 +176,6 @@ def run_corpus(ctx: StageContext) -> dict[str, str]:
                 Image.fromarray(img).save(tmp / f"{f:04d}.png", compress_level=1)
         finished.append(cam.name)
         ctx.progress(len(finished), len(ring))
-
-    sheet = contact_sheet(
-        lambda v, f: load_image(views / ring.cameras[v].name / f"{f:04d}.png"),
-        len(ring), num_frames, key_views=ring.key_indices,
-    )
-    save_png_atomic(ctx.job_dir / PREVIEW_NAME, sheet)
-    ctx.sink.preview(PREVIEW_NAME, stage=ctx.stage)
-    return {"corpus": "stages/corpus", "corpus_preview": PREVIEW_NAME}
 
 
 def _manifest(spec: JobSpec, ring: CameraRing, num_frames: int) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A generator renders the frames of one view: ``render(vertices (T,V,3), camera, check) -> uint8
 (T, H, W, 3)`` where ``vertices`` is the head posed for every frame of the animation and ``check`` is
 called between batches so a cancel lands quickly. ``projection`` is weights-free (the photo projected
-onto the head); ``mmvdm`` is the diffusion model of the paper (its own issue).
+onto the head). ``mmvdm`` (:mod:`.mmvdm`) is the paper's diffusion model; it works on the whole
+sampling plan rather than view by view: ``MMVDMGenerator.generate(ring, vertices, ...)``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,5 @@ def build_generator(
     if spec.name == "projection":
         return ProjectionGenerator(faces, reference_vertices, reference_camera, reference_image)
     if spec.name == "mmvdm":
-        if not spec.weights:
-            raise MVP4DError("WEIGHTS_MISSING", "the mmvdm generator needs an MMVDM weights folder")
-        raise MVP4DError(
-            "BAD_INPUT",
-            "the mmvdm generator is not available in this version of the backend",
-            "Use --generator projection for now; the MMVDM lands with its own issue.",
-        )
+        raise MVP4DError("INTERNAL", "the mmvdm generator runs the whole plan: use generators.mmvdm.MMVDMGenerator")
     raise MVP4DError("BAD_INPUT", f"unknown generator {spec.name!r}", "Use 'projection' or 'mmvdm'.")
