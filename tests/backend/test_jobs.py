@@ -131,3 +131,19 @@ def test_progress_eta(tmp_path):
     assert later.eta_s is not None and later.eta_s >= 0
     line = json.loads(later.dumps())
     assert set(line) >= {"t", "type", "stage", "done", "total", "eta_s"}
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d"):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
