@@ -3,8 +3,15 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Blender for the add-on's tests: the bpy 4.5 LTS wheel in its own environment (Python 3.11 and
+# numpy < 2, like Blender's own Python); the backend's pins never constrain it, nor the reverse.
+BVENV  := .venv-blender
+BPY    := $(BVENV)/bin/python
+BSTAMP := $(BVENV)/.installed
+# The Khronos glTF validator (npm), project-local, for the .glb export tests.
+NODE_STAMP := tools/node_modules/.installed
 
-.PHONY: test demo install clean
+.PHONY: test test-backend test-blender demo demo-blender install addon clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,14 +21,39 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
+$(BSTAMP): Makefile
+	test -x $(BPY) || $(PYTHON) -m venv $(BVENV)
+	$(BPY) -m pip install --upgrade pip
+	$(BPY) -m pip install "bpy==4.5.*" "numpy<2" "pytest>=8" "safetensors==0.8.0"
+	touch $(BSTAMP)
+
+$(NODE_STAMP): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m ruff check backend tests
+# the Blender extension zip: dist/mvp4d-<version>.zip
+addon: $(STAMP)
+	$(PY) build_addon.py
+
+test: $(STAMP) $(BSTAMP) $(NODE_STAMP)
+	$(PY) -m ruff check backend tests mvp4d_blender build_addon.py
 	$(PY) -m pytest -q tests
+	$(BPY) -m pytest -q tests/blender
+
+test-backend: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-blender: $(STAMP) $(BSTAMP) $(NODE_STAMP)
+	$(BPY) -m pytest -q tests/blender
 
 demo: $(STAMP)
 	$(PY) -m backend demo --out out/demo
 
+# the embedded default end to end in Blender: out/demo/blender/{avatar.blend,render.png,avatar.glb,avatar.ply}
+demo-blender: $(STAMP) $(BSTAMP)
+	$(BPY) tools/blender_demo.py --out out/demo/blender
+
 clean:
-	rm -rf $(VENV) out dist build *.egg-info
+	rm -rf $(VENV) $(BVENV) out dist build *.egg-info tools/node_modules

@@ -1,0 +1,38 @@
+"""The Blender side: everything here may import bpy; ``register``/``unregister`` are idempotent.
+
+Classes come from each module's ``CLASSES`` (MolecularNodes-style); handlers and timers are owned
+by :mod:`.runtime` and removed on unregister, so disabling the add-on leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from .. import backend_link
+from . import ops_avatar, ops_generate, ops_rig, panels, prefs, props, runtime
+
+_MODULES = (prefs, props, ops_rig, ops_generate, ops_avatar, panels)
+_registered: list = []
+
+
+def register() -> None:
+    if _registered:
+        return
+    for mod in _MODULES:
+        for cls in mod.CLASSES:
+            bpy.utils.register_class(cls)
+            _registered.append(cls)
+    props.register_props()
+    runtime.register_handlers()
+
+
+def unregister() -> None:
+    if not _registered:
+        return
+    runtime.unregister_handlers()
+    prefs.shutdown()
+    props.unregister_props()
+    for cls in reversed(_registered):
+        bpy.utils.unregister_class(cls)
+    _registered.clear()
+    backend_link.unload()

@@ -1,0 +1,90 @@
+"""Small shared helpers of the Blender side: the add-on's name, preferences, folders, redraws."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import bpy
+
+from .. import backend_link
+
+#: the add-on's package: ``bl_ext.<repo>.mvp4d`` when installed as an extension
+ADDON = __package__.rpartition(".")[0]
+
+
+def prefs():
+    """The add-on preferences, or None when the add-on is not enabled through Blender (bare import)."""
+    addon = bpy.context.preferences.addons.get(ADDON)
+    return addon.preferences if addon is not None else None
+
+
+def user_dir(*parts: str) -> Path:
+    """A writable folder for the add-on's data that survives upgrades (never the add-on folder)."""
+    try:
+        base = Path(bpy.utils.extension_path_user(ADDON, path="", create=True))
+    except (ValueError, AttributeError):  # not installed as an extension (source checkout)
+        base = Path(os.environ.get("MVP4D_USER_DIR", Path(tempfile.gettempdir()) / "mvp4d_user"))
+    p = base.joinpath(*parts)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def backend_python() -> str:
+    """The interpreter that runs ``python -m backend``, as configured in the preferences."""
+    p = prefs()
+    if p is None:
+        return os.environ.get("MVP4D_BACKEND_PYTHON", "")
+    if p.backend_mode == "EXISTING":
+        return bpy.path.abspath(p.python_path) if p.python_path else ""
+    from ..io.installer import env_python
+
+    return str(env_python(managed_env_dir()))
+
+
+def managed_env_dir() -> Path:
+    p = prefs()
+    if p is not None and p.env_dir:
+        return Path(bpy.path.abspath(p.env_dir))
+    return user_dir("backend-env")
+
+
+def backend_env() -> dict[str, str]:
+    """Settings the backend reads from its environment (FLAME file, weights, device, VRAM mode)."""
+    p = prefs()
+    env: dict[str, str] = {}
+    if p is None:
+        return env
+    if p.flame_model:
+        env["MVP4D_FLAME"] = bpy.path.abspath(p.flame_model)
+    if p.weights_dir:
+        env["MVP4D_WEIGHTS"] = bpy.path.abspath(p.weights_dir)
+    env["MVP4D_DEVICE"] = p.device.lower()
+    env["MVP4D_VRAM_PRESET"] = p.vram_preset.lower()
+    return env
+
+
+def hang_timeout() -> float:
+    p = prefs()
+    return float(p.hang_timeout_s) if p is not None else 600.0
+
+
+def flame_source() -> str:
+    """``toy`` or the absolute path of the configured FLAME file."""
+    p = prefs()
+    if p is not None and p.flame_model:
+        return str(Path(bpy.path.abspath(p.flame_model)).resolve())
+    return "toy"
+
+
+def backend_root() -> Path:
+    return backend_link.backend_root()
+
+
+def tag_redraw() -> None:
+    wm = bpy.context.window_manager
+    for win in getattr(wm, "windows", []):
+        for area in win.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()

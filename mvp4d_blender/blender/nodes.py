@@ -1,0 +1,230 @@
+"""Geometry Nodes and the splat material, built from Python (reviewable source, no appended .blend).
+
+* ``MVP4D Splat Binding`` (group): reads the evaluated rig mesh (Object Info, relative), samples the
+  three corners of each splat's parent triangle (point attributes ``bind_v0..2``) and computes the
+  face frame exactly like ``io/binding.py``::
+
+      a0 = normalize(v1 - v0); a1 = normalize(a0 x (v2 - v0)); a2 = -normalize(a1 x a0)
+      s = (|v1 - v0| + |a2 . (v2 - v0)|) / 2; c = (v0 + v1 + v2) / 3
+      position = s (a0 x_l + a1 y_l + a2 z_l) + c; rotation = q(a0, a1) (x) q_local; scale = exp(log s_l) s
+
+  and stores ``rotation`` (quaternion) and ``scale`` (and the same for the display axes) on the points.
+* ``MVP4D Splat Display`` (group): one quad per splat spanning +-3 sigma of its two largest axes,
+  oriented and scaled from the stored attributes, with the splat material; the bound points are kept
+  in the output so exporters and tests read them from the evaluated mesh.
+* ``MVP4D Splat`` (material): emission of the splat colour, alpha = opacity * exp(-r^2 / 2) in units
+  of sigma, mixed with transparency (EEVEE dithered, Cycles transparent bounces).
+"""
+
+from __future__ import annotations
+
+import bpy
+
+BINDING_GROUP = "MVP4D Splat Binding"
+DISPLAY_GROUP = "MVP4D Splat Display"
+MATERIAL = "MVP4D Splat"
+SIGMA_EXTENT = 3.0  # the quad spans +-3 sigma
+
+
+class _G:
+    """Tiny helper to add nodes and links to a node tree."""
+
+    def __init__(self, tree):
+        self.tree, self.x = tree, 0
+
+    def node(self, idname: str, **props):
+        n = self.tree.nodes.new(idname)
+        for k, v in props.items():
+            setattr(n, k, v)
+        n.location = (self.x, 0)
+        self.x += 40
+        return n
+
+    def link(self, out, inp):
+        self.tree.links.new(out, inp)
+
+    def vmath(self, op: str, a, b=None, scale=None):
+        n = self.node("ShaderNodeVectorMath", operation=op)
+        self.link(a, n.inputs[0])
+        if b is not None:
+            self.link(b, n.inputs[1])
+        if scale is not None:
+            if isinstance(scale, (int, float)):
+                n.inputs[3].default_value = scale
+            else:
+                self.link(scale, n.inputs[3])
+        return n.outputs[1] if op in ("DOT_PRODUCT", "LENGTH", "DISTANCE") else n.outputs[0]
+
+    def math(self, op: str, a, b=None):
+        n = self.node("ShaderNodeMath", operation=op)
+        for i, v in enumerate((a, b)):
+            if v is None:
+                continue
+            if isinstance(v, (int, float)):
+                n.inputs[i].default_value = v
+            else:
+                self.link(v, n.inputs[i])
+        return n.outputs[0]
+
+    def attr(self, name: str, data_type: str):
+        n = self.node("GeometryNodeInputNamedAttribute", data_type=data_type)
+        n.inputs["Name"].default_value = name
+        return n.outputs["Attribute"]
+
+    def store(self, geo, name: str, data_type: str, value, domain: str = "POINT"):
+        n = self.node("GeometryNodeStoreNamedAttribute", data_type=data_type, domain=domain)
+        self.link(geo, n.inputs["Geometry"])
+        n.inputs["Name"].default_value = name
+        self.link(value, n.inputs["Value"])
+        return n.outputs["Geometry"]
+
+
+def _new_group(name: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]):
+    old = bpy.data.node_groups.get(name)
+    if old is not None:
+        bpy.data.node_groups.remove(old)
+    ng = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    for nm, st in inputs:
+        ng.interface.new_socket(nm, in_out="INPUT", socket_type=st)
+    for nm, st in outputs:
+        ng.interface.new_socket(nm, in_out="OUTPUT", socket_type=st)
+    return ng
+
+
+def _exp3(g: _G, vec, factor):
+    sep = g.node("ShaderNodeSeparateXYZ")
+    g.link(vec, sep.inputs[0])
+    comb = g.node("ShaderNodeCombineXYZ")
+    for i in range(3):
+        g.link(g.math("EXPONENT", sep.outputs[i]), comb.inputs[i])
+    return g.vmath("SCALE", comb.outputs[0], scale=factor)
+
+
+def build_binding_group():
+    ng = _new_group(BINDING_GROUP, [("Geometry", "NodeSocketGeometry"), ("Rig", "NodeSocketObject")],
+                    [("Geometry", "NodeSocketGeometry")])
+    g = _G(ng)
+    gi, go = g.node("NodeGroupInput"), g.node("NodeGroupOutput")
+    info = g.node("GeometryNodeObjectInfo", transform_space="RELATIVE")
+    g.link(gi.outputs["Rig"], info.inputs["Object"])
+    pos = g.node("GeometryNodeInputPosition").outputs[0]
+    v = []
+    for k in range(3):
+        si = g.node("GeometryNodeSampleIndex", data_type="FLOAT_VECTOR", domain="POINT")
+        g.link(info.outputs["Geometry"], si.inputs["Geometry"])
+        g.link(pos, si.inputs["Value"])
+        g.link(g.attr(f"bind_v{k}", "INT"), si.inputs["Index"])
+        v.append(si.outputs[0])
+    e1 = g.vmath("SUBTRACT", v[1], v[0])
+    e2 = g.vmath("SUBTRACT", v[2], v[0])
+    a0 = g.vmath("NORMALIZE", e1)
+    a1 = g.vmath("NORMALIZE", g.vmath("CROSS_PRODUCT", a0, e2))
+    a2 = g.vmath("SCALE", g.vmath("NORMALIZE", g.vmath("CROSS_PRODUCT", a1, a0)), scale=-1.0)
+    s = g.math("MULTIPLY", g.math("ADD", g.vmath("LENGTH", e1), g.math("ABSOLUTE", g.vmath("DOT_PRODUCT", a2, e2))),
+               0.5)
+    c = g.vmath("SCALE", g.vmath("ADD", g.vmath("ADD", v[0], v[1]), v[2]), scale=1.0 / 3.0)
+    lp = g.node("ShaderNodeSeparateXYZ")
+    g.link(g.attr("local_position", "FLOAT_VECTOR"), lp.inputs[0])
+    local = g.vmath("ADD", g.vmath("ADD", g.vmath("SCALE", a0, scale=lp.outputs[0]),
+                                   g.vmath("SCALE", a1, scale=lp.outputs[1])), g.vmath("SCALE", a2, scale=lp.outputs[2]))
+    world = g.vmath("ADD", g.vmath("SCALE", local, scale=s), c)
+    q_face = g.node("FunctionNodeAxesToRotation", primary_axis="X", secondary_axis="Y")
+    g.link(a0, q_face.inputs["Primary Axis"])
+    g.link(a1, q_face.inputs["Secondary Axis"])
+
+    def rotated(attr_name: str):
+        r = g.node("FunctionNodeRotateRotation", rotation_space="GLOBAL")
+        g.link(g.attr(attr_name, "QUATERNION"), r.inputs["Rotation"])
+        g.link(q_face.outputs[0], r.inputs["Rotate By"])
+        return r.outputs[0]
+
+    geo = gi.outputs["Geometry"]
+    geo = g.store(geo, "rotation", "QUATERNION", rotated("local_rotation"))
+    geo = g.store(geo, "scale", "FLOAT_VECTOR", _exp3(g, g.attr("log_scale", "FLOAT_VECTOR"), s))
+    geo = g.store(geo, "display_rotation", "QUATERNION", rotated("display_local_rotation"))
+    geo = g.store(geo, "display_scale", "FLOAT_VECTOR", _exp3(g, g.attr("display_log_scale", "FLOAT_VECTOR"), s))
+    setp = g.node("GeometryNodeSetPosition")
+    g.link(geo, setp.inputs["Geometry"])
+    g.link(world, setp.inputs["Position"])
+    g.link(setp.outputs[0], go.inputs["Geometry"])
+    return ng
+
+
+def build_display_group():
+    ng = _new_group(DISPLAY_GROUP, [("Geometry", "NodeSocketGeometry"), ("Show Splats", "NodeSocketBool"),
+                                    ("Splat Size", "NodeSocketFloat"), ("Min Opacity", "NodeSocketFloat"),
+                                    ("Point Radius", "NodeSocketFloat"), ("Material", "NodeSocketMaterial")],
+                    [("Geometry", "NodeSocketGeometry")])
+    items = {i.name: i for i in ng.interface.items_tree if i.item_type == "SOCKET" and i.in_out == "INPUT"}
+    items["Show Splats"].default_value = True
+    items["Splat Size"].default_value, items["Splat Size"].min_value = 1.0, 0.0
+    items["Min Opacity"].default_value, items["Min Opacity"].min_value = 1.0 / 255.0, 0.0
+    items["Point Radius"].default_value, items["Point Radius"].min_value = 0.0008, 0.0
+    g = _G(ng)
+    gi, go = g.node("NodeGroupInput"), g.node("NodeGroupOutput")
+    grid = g.node("GeometryNodeMeshGrid")
+    grid.inputs["Size X"].default_value = grid.inputs["Size Y"].default_value = 2.0
+    grid.inputs["Vertices X"].default_value = grid.inputs["Vertices Y"].default_value = 2
+    quad = g.store(grid.outputs["Mesh"], "splat_uv", "FLOAT_VECTOR", g.node("GeometryNodeInputPosition").outputs[0])
+    setm = g.node("GeometryNodeSetMaterial")
+    g.link(quad, setm.inputs["Geometry"])
+    g.link(gi.outputs["Material"], setm.inputs["Material"])
+    sel = g.node("FunctionNodeCompare", data_type="FLOAT", operation="GREATER_EQUAL")
+    g.link(g.attr("splat_opacity", "FLOAT"), sel.inputs[0])
+    g.link(gi.outputs["Min Opacity"], sel.inputs[1])
+    iop = g.node("GeometryNodeInstanceOnPoints")
+    g.link(gi.outputs["Geometry"], iop.inputs["Points"])
+    g.link(sel.outputs[0], iop.inputs["Selection"])
+    g.link(setm.outputs[0], iop.inputs["Instance"])
+    g.link(g.attr("display_rotation", "QUATERNION"), iop.inputs["Rotation"])
+    size = g.math("MULTIPLY", gi.outputs["Splat Size"], SIGMA_EXTENT)
+    g.link(g.vmath("SCALE", g.attr("display_scale", "FLOAT_VECTOR"), scale=size), iop.inputs["Scale"])
+    pts = g.node("GeometryNodeMeshToPoints")
+    g.link(gi.outputs["Geometry"], pts.inputs["Mesh"])
+    g.link(gi.outputs["Point Radius"], pts.inputs["Radius"])
+    sw = g.node("GeometryNodeSwitch", input_type="GEOMETRY")
+    g.link(gi.outputs["Show Splats"], sw.inputs["Switch"])
+    g.link(pts.outputs[0], sw.inputs["False"])
+    g.link(iop.outputs[0], sw.inputs["True"])
+    join = g.node("GeometryNodeJoinGeometry")
+    g.link(sw.outputs[0], join.inputs[0])
+    g.link(gi.outputs["Geometry"], join.inputs[0])
+    g.link(join.outputs[0], go.inputs["Geometry"])
+    return ng
+
+
+def build_material():
+    mat = bpy.data.materials.get(MATERIAL) or bpy.data.materials.new(MATERIAL)
+    mat.use_nodes = True
+    tree = mat.node_tree
+    tree.nodes.clear()
+    g = _G(tree)
+    col = g.node("ShaderNodeAttribute", attribute_type="INSTANCER", attribute_name="splat_color")
+    opa = g.node("ShaderNodeAttribute", attribute_type="INSTANCER", attribute_name="splat_opacity")
+    uv = g.node("ShaderNodeAttribute", attribute_type="GEOMETRY", attribute_name="splat_uv")
+    r2 = g.vmath("DOT_PRODUCT", uv.outputs["Vector"], uv.outputs["Vector"])
+    gauss = g.math("EXPONENT", g.math("MULTIPLY", r2, -0.5 * SIGMA_EXTENT ** 2))
+    alpha = g.math("MULTIPLY", gauss, opa.outputs["Fac"])
+    alpha = g.math("MINIMUM", alpha, 0.999)
+    emit = g.node("ShaderNodeEmission")
+    g.link(col.outputs["Color"], emit.inputs["Color"])
+    emit.inputs["Strength"].default_value = 1.0
+    transp = g.node("ShaderNodeBsdfTransparent")
+    mix = g.node("ShaderNodeMixShader")
+    g.link(alpha, mix.inputs["Fac"])
+    g.link(transp.outputs[0], mix.inputs[1])
+    g.link(emit.outputs[0], mix.inputs[2])
+    out = g.node("ShaderNodeOutputMaterial")
+    g.link(mix.outputs[0], out.inputs["Surface"])
+    if hasattr(mat, "surface_render_method"):
+        mat.surface_render_method = "DITHERED"
+    mat.use_backface_culling = False
+    return mat
+
+
+def ensure_groups():
+    """The binding/display groups and the material, rebuilt when missing (shared by all avatars)."""
+    b = bpy.data.node_groups.get(BINDING_GROUP) or build_binding_group()
+    d = bpy.data.node_groups.get(DISPLAY_GROUP) or build_display_group()
+    m = bpy.data.materials.get(MATERIAL) or build_material()
+    return b, d, m

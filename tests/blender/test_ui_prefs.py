@@ -1,0 +1,153 @@
+"""Sidebar, preferences (Check, Install backend) and Fit rig to reference."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib import import_module
+
+import bpy
+import numpy as np
+import pytest
+
+from .conftest import ADDON, BACKEND_PYTHON, prefs
+
+
+def test_sidebar_tab_in_order(addon):
+    order = ["Reference", "FLAME rig", "Camera ring", "Animation", "Generate", "Avatar"]
+    panels = [c for c in bpy.types.Panel.__subclasses__() if c.__name__.startswith("MVP4D_PT_")]
+    assert sorted(panels, key=lambda c: c.bl_order) and [c.bl_label for c in sorted(panels, key=lambda c: c.bl_order)] \
+        == order
+    assert {(c.bl_space_type, c.bl_region_type, c.bl_category) for c in panels} == {("VIEW_3D", "UI", "MVP4D")}
+
+
+def test_disabled_buttons_say_why(scene, astronaut, tmp_path):
+    panels = import_module(f"{ADDON}.blender.panels")
+    ctx = bpy.context
+    assert "reference image" in panels.generate_blocker(ctx)
+    scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+    assert "FLAME rig" in panels.generate_blocker(ctx)
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    coll = bpy.data.collections.new("ring")
+    scene.collection.children.link(coll)
+    scene.mvp4d.cameras = coll
+    assert "empty" in panels.generate_blocker(ctx)
+    scene.mvp4d.cameras = None
+    prefs().python_path = str(tmp_path / "missing")
+    try:
+        assert "No backend" in panels.generate_blocker(ctx)
+    finally:
+        prefs().python_path = str(BACKEND_PYTHON)
+    assert panels.generate_blocker(ctx) is None
+    scene.mvp4d.generator = "mmvdm"
+    assert "weights" in panels.generate_blocker(ctx)
+    assert "GiB" in import_module(f"{ADDON}.io.estimates").describe("mmvdm", "120", "LOW")
+    assert not bpy.ops.mvp4d.cancel_job.poll()  # nothing is running
+
+
+def test_check_runs_backend_doctor(scene):
+    assert bpy.ops.mvp4d.check_backend(wait=True) == {"FINISHED"}
+    items = {it.label: it for it in prefs().check_items}
+    assert items["Python"].ok and items["torch"].ok and items["Flame"].ok
+    prefs().python_path = "/nonexistent/python"
+    try:
+        bpy.ops.mvp4d.check_backend(wait=True)
+        bad = list(prefs().check_items)
+        assert len(bad) == 1 and not bad[0].ok and "Install backend" in bad[0].fix
+    finally:
+        prefs().python_path = str(BACKEND_PYTHON)
+
+
+def test_install_backend_is_resumable_and_reports_failures(addon, tmp_path):
+    inst = import_module(f"{ADDON}.io.installer")
+    link = import_module(f"{ADDON}.backend_link")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    steps = inst.plan(tmp_path / "env", sys.executable, link.backend_root(), str(wheels))
+    assert [s.name for s in steps][:2] == ["Create environment", "Install torch"]
+    assert all("--no-index" in s.argv for s in steps if "pip" in s.argv)
+    job = inst.Installer(env_dir=tmp_path / "env", base_python=sys.executable, backend_root=link.backend_root(),
+                         wheel_dir=str(wheels)).start()
+    job.thread.join(timeout=120)
+    assert job.finished and "Install torch" in job.error and "install.log" in job.error
+    assert inst.env_python(tmp_path / "env").is_file()
+    again = inst.Installer(env_dir=tmp_path / "env", base_python=sys.executable, backend_root=link.backend_root(),
+                           wheel_dir=str(wheels)).start()
+    again.thread.join(timeout=120)
+    msgs = []
+    while not again.messages.empty():
+        msgs.append(again.messages.get())
+    assert any(m and "Create environment: already done" in m[2] for m in msgs)
+
+
+def test_fit_rig_to_reference_then_generate_uses_it(scene, astronaut, tmp_path):
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    rig = scene.mvp4d.rig
+    scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+    t0 = time.monotonic()
+    assert bpy.ops.mvp4d.fit_rig(wait=True) == {"FINISHED"}, scene.mvp4d.last_error
+    assert rig["mvp4d_fitted"] and rig["mvp4d_reference_camera"].type == "CAMERA"
+    cam = rig["mvp4d_reference_camera"]
+    assert (cam["mvp4d_width"], cam["mvp4d_height"]) == (512, 512)
+    assert np.abs(np.asarray(rig["mvp4d_shape"])).max() > 0  # the identity was fitted
+    # a ring added now sits at the photo's camera distance, like the backend's preset rings
+    assert bpy.ops.mvp4d.add_camera_ring(preset="tiny") == {"FINISHED"}
+    camops = import_module(f"{ADDON}.blender.cameras")
+    ref = camops.read_camera(cam, camops.rig_frame(rig), 512, 512)
+    ring = camops.read_camera(camops.collection_cameras(scene.mvp4d.cameras)[0], camops.rig_frame(rig), 64, 64)
+    centre = lambda c: -c.world_to_cam[:3, :3].T @ c.world_to_cam[:3, 3]  # noqa: E731
+    assert abs(np.linalg.norm(centre(ring)) - np.linalg.norm(centre(ref))) < 0.05
+    # the fitted pose goes to the backend instead of tracking again
+    job = tmp_path / "job"
+    res = bpy.ops.mvp4d.generate_avatar(output_dir=str(job), preset="tiny", wait=True, stop_after="track")
+    assert res == {"FINISHED"}, scene.mvp4d.last_error
+    spec = json.loads((job / "job.json").read_text())
+    assert spec["inputs"]["flame_params"] == "inputs/flame_params.npz"
+    assert spec["inputs"]["reference_camera"]["width"] == 512
+    events = (job / "events.jsonl").read_text()
+    assert "landmark error" not in events  # no tracking ran: the rig's parameters were used
+    assert time.monotonic() - t0 < 120
+
+
+class _Layout:
+    """Stands in for a UI layout in background mode; checks every property a panel draws exists."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: _Layout()
+
+    def prop(self, data, name, **_kw):
+        if name.startswith('["'):
+            assert name[2:-2] in data.keys(), name
+        else:
+            assert name in data.bl_rna.properties, f"{type(data).__name__}.{name}"
+        return _Layout()
+
+    def operator(self, idname, **_kw):
+        mod, op = idname.split(".")
+        assert hasattr(getattr(bpy.ops, mod), op), idname
+        return _Layout()
+
+
+@pytest.mark.parametrize("state", ["empty", "full"])
+def test_panels_draw(scene, astronaut, toy_bundle, state):
+    if state == "full":
+        scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+        bpy.ops.mvp4d.add_rig(source="TOY")
+        bpy.ops.mvp4d.add_camera_ring(preset="tiny")
+        bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle))
+        bpy.context.view_layer.objects.active = scene.mvp4d.last_avatar
+        scene.mvp4d.status, scene.mvp4d.last_error, scene.mvp4d.ring_preset = "FAILED", "[X] y", "custom"
+    for cls in [c for c in bpy.types.Panel.__subclasses__() if c.__name__.startswith("MVP4D_PT_")]:
+        cls.draw(type("P", (), {"layout": _Layout()})(), bpy.context)
+
+    class Prefs:
+        layout = _Layout()
+
+        def __getattr__(self, name):
+            return getattr(prefs(), name)
+
+    for mode in ("MANAGED", "EXISTING"):
+        prefs().backend_mode = mode
+        type(prefs()).draw(Prefs(), bpy.context)
+    prefs().backend_mode = "EXISTING"
