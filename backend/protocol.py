@@ -55,6 +55,34 @@ PRESETS: dict[str, QualityPreset] = {
     )
 }
 
+#: Preset rings are framed like the paper's face crop (S2.1): the head spans 1 / CROP_SCALE of the image.
+CROP_SCALE = 1.25
+
+
+def _grid(azimuths: list[float], elevations: list[float]) -> list[tuple[float, float]]:
+    return [(float(a), float(e)) for e in elevations for a in azimuths]
+
+
+def _wrap(a: float) -> float:
+    return a - 360.0 if a > 180.0 else a
+
+
+#: Camera ring layouts per preset: (key views, other views) as (azimuth, elevation) in degrees relative
+#: to the head's forward direction (paper S2.3, Fig. S10; backend/cameras/rings.py explains the choices).
+#: Part of the contract because the add-on builds the same rings as Blender cameras.
+RING_LAYOUTS: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {
+    "tiny": ([(-20.0, 5.0), (20.0, 5.0)], [(-35.0, 0.0), (0.0, -10.0), (0.0, 20.0), (35.0, 0.0)]),
+    "preview": (_grid([-25, 25], [-2, 18]), _grid([-45, -15, 15, 45], [-10, 25])),
+    "120": (_grid([-45, -15, 15, 45], [-5, 20]), _grid([-60, -36, -12, 12, 36, 60], [-15, 0, 15, 30])),
+    "360": (
+        _grid([0, 90, 180, -90], [-10]) + _grid([45, 135, -135, -45], [45]),
+        _grid([_wrap(22.5 + 45 * k) for k in range(8)], [-30])
+        + _grid([_wrap(30 * k) for k in range(12)], [0])
+        + _grid([_wrap(15 + 30 * k) for k in range(12)], [30])
+        + _grid([_wrap(45 * k) for k in range(8)], [60]),
+    ),
+}
+
 GENERATORS = ("projection", "mmvdm")
 GUIDANCE_MODES = ("multiview", "conventional", "none")
 SAMPLERS = ("joint", "composed", "preview")  # joint pass (paper), Diffusion²-style composed, 4DVD-style preview

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MVP4DError
-from ..protocol import PRESETS, CameraSpec
+from ..protocol import PRESETS, RING_LAYOUTS, CameraSpec
 from .camera import _DECIMALS, Camera, _bad, _normalize, orbit_camera
 
 # ---------------------------------------------------------------------------------------------
@@ -242,34 +242,6 @@ def closest_reference_angle(ring: CameraRing, view_index: int, reference_indices
 # ---------------------------------------------------------------------------------------------
 # Ring presets
 # ---------------------------------------------------------------------------------------------
-
-
-def _grid(azimuths: Sequence[float], elevations: Sequence[float]) -> list[tuple[float, float]]:
-    return [(float(a), float(e)) for e in elevations for a in azimuths]
-
-
-#: (key views, other views) as (azimuth, elevation) in degrees, per preset; see the module docstring.
-RING_LAYOUTS: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {
-    "tiny": (
-        [(-20.0, 5.0), (20.0, 5.0)],
-        [(-35.0, 0.0), (0.0, -10.0), (0.0, 20.0), (35.0, 0.0)],
-    ),
-    "preview": (
-        _grid([-25, 25], [-2, 18]),
-        _grid([-45, -15, 15, 45], [-10, 25]),
-    ),
-    "120": (
-        _grid([-45, -15, 15, 45], [-5, 20]),
-        _grid([-60, -36, -12, 12, 36, 60], [-15, 0, 15, 30]),
-    ),
-    "360": (
-        _grid([0, 90, 180, -90], [-10]) + _grid([45, 135, -135, -45], [45]),
-        _grid([22.5 + 45 * k - (360 if 22.5 + 45 * k > 180 else 0) for k in range(8)], [-30])
-        + _grid([30 * k - (360 if 30 * k > 180 else 0) for k in range(12)], [0])
-        + _grid([15 + 30 * k - (360 if 15 + 30 * k > 180 else 0) for k in range(12)], [30])
-        + _grid([45 * k - (360 if 45 * k > 180 else 0) for k in range(8)], [60]),
-    ),
-}
 
 
 def ring_preset(

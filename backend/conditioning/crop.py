@@ -25,11 +25,10 @@ import torch
 
 from ..cameras import Camera
 from ..errors import MVP4DError
+from ..protocol import CROP_SCALE  # side of the crop / larger side of the tight head box (paper S2.1)
 
 __all__ = ["CROP_SCALE", "head_boxes", "smooth_boxes", "crop_image", "crop_images", "crop_camera", "face_crop_boxes"]
 
-#: side of the crop relative to the larger side of the tight head box (paper S2.1: 25 % larger)
-CROP_SCALE = 1.25
 
 
 def _np(a) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Blender <-> OpenCV cameras and the preset rings, in pure numpy (no bpy, no torch).
 
 This is the add-on's mirror of ``backend/cameras/blender.py`` (the conversion) and of
-``backend/cameras/rings.py`` / ``camera.py`` (the ring layouts and ``orbit_camera``). The backend
+``backend/cameras/camera.py`` (``orbit_camera``; the ring layouts themselves come from ``backend.protocol``). The backend
 modules import torch, which Blender's Python never does, so the maths is repeated here and
 ``tests/blender/test_cameras.py`` checks both sides give the same numbers.
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
+
+from ..backend_link import protocol
 
 FLAME_TO_BLENDER = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
@@ -143,27 +145,8 @@ def blender_from_opencv(camera: OpenCVCamera, sensor_width_mm: float = 36.0, sen
 # ---------------------------------------------------------------------------------------------
 
 
-def _grid(azimuths: Sequence[float], elevations: Sequence[float]) -> list[tuple[float, float]]:
-    return [(float(a), float(e)) for e in elevations for a in azimuths]
-
-
-def _wrap(a: float) -> float:
-    return a - 360.0 if a > 180.0 else a
-
-
-#: (key views, other views) as (azimuth, elevation) degrees per preset; equal to the backend's table.
-RING_LAYOUTS: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {
-    "tiny": ([(-20.0, 5.0), (20.0, 5.0)], [(-35.0, 0.0), (0.0, -10.0), (0.0, 20.0), (35.0, 0.0)]),
-    "preview": (_grid([-25, 25], [-2, 18]), _grid([-45, -15, 15, 45], [-10, 25])),
-    "120": (_grid([-45, -15, 15, 45], [-5, 20]), _grid([-60, -36, -12, 12, 36, 60], [-15, 0, 15, 30])),
-    "360": (
-        _grid([0, 90, 180, -90], [-10]) + _grid([45, 135, -135, -45], [45]),
-        _grid([_wrap(22.5 + 45 * k) for k in range(8)], [-30])
-        + _grid([_wrap(30 * k) for k in range(12)], [0])
-        + _grid([_wrap(15 + 30 * k) for k in range(12)], [30])
-        + _grid([_wrap(45 * k) for k in range(8)], [60]),
-    ),
-}
+#: (key views, other views) as (azimuth, elevation) degrees per preset: the backend's contract table.
+RING_LAYOUTS = protocol().RING_LAYOUTS
 
 
 def custom_layout(count: int, azimuth_range: float, elevation: float, key_every: int = 4,
@@ -232,8 +215,8 @@ def ring_cameras(layout: tuple[list, list], *, center, distance: float, focal_px
     return cams
 
 
-#: the backend frames preset rings so the head spans 1 / CROP_SCALE of the image (conditioning/crop.py)
-CROP_SCALE = 1.25
+#: the backend frames preset rings so the head spans 1 / CROP_SCALE of the image (protocol.py)
+CROP_SCALE = protocol().CROP_SCALE
 
 
 def ring_framing(extent: float, distance: float, resolution: int) -> float:
