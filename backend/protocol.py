@@ -330,6 +330,7 @@ class GeneratorSpec:
     vae_tiling: bool | None = None
     refine_strength: float = 0.6  # preview sampler: share of the schedule left for refinement
     preview_steps: int | None = None
+    device: str | None = None  # None: CUDA when available, else CPU; or "cpu", "cuda", "cuda:1", "mps"
 
     @classmethod
     def from_json(cls, d: Any, where: str = "generator") -> "GeneratorSpec":
@@ -350,6 +351,11 @@ class GeneratorSpec:
         if refine > 1.0:
             raise _fail(f"{where}.refine_strength", "must be <= 1")
         ps = d.get("preview_steps")
+        dev = d.get("device")
+        if dev is not None:
+            dev = _str(dev, f"{where}.device")
+            if dev.split(":")[0] not in ("cpu", "cuda", "mps"):
+                raise _fail(f"{where}.device", f"must be cpu, cuda, cuda:N or mps (got {dev!r})")
         return cls(
             name=_str(d.get("name", "projection"), f"{where}.name", GENERATORS),
             weights=w,
@@ -365,6 +371,7 @@ class GeneratorSpec:
             vae_tiling=tiling,
             refine_strength=refine,
             preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1),
+            device=dev,
         )
 
 

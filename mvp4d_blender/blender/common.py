@@ -51,7 +51,10 @@ def managed_env_dir() -> Path:
 
 
 def backend_env() -> dict[str, str]:
-    """Settings the backend reads from its environment (FLAME file, weights, device, VRAM mode)."""
+    """Settings the backend's tools read from the environment (``doctor``: FLAME file, weights).
+
+    Device and VRAM preset travel in ``job.json`` (``generator.device``/``generator.vram``); they are
+    also set here for tools that take no job."""
     p = prefs()
     env: dict[str, str] = {}
     if p is None:

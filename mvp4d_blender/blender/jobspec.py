@@ -129,7 +129,10 @@ def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int
     spec = {
         "inputs": {"flame_model": rig.get("mvp4d_flame_source", "toy")},
         "cameras": {"preset": preset, "cameras": cams},
-        "generator": {"name": generator, "weights": weights if generator == "mmvdm" else None, "seed": int(seed)},
+        "generator": {"name": generator, "weights": weights if generator == "mmvdm" else None, "seed": int(seed),
+                      # the preferences' memory preset and device travel in the spec, not the environment
+                      "vram": {"LOW": "low", "MEDIUM": "medium", "HIGH": "high"}[p.vram_preset] if p else None,
+                      "device": None if p is None or p.device == "AUTO" else p.device.lower()},
         "animation": {"fps": float(scene.render.fps) / float(scene.render.fps_base or 1.0)},
     }
     if ref_cam is not None:

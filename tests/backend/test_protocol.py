@@ -124,3 +124,15 @@ def test_bad_events_are_rejected(d):
 def test_error_codes_are_closed():
     with pytest.raises(ValueError):
         MVP4DError("SOMETHING_NEW", "x")
+
+
+def test_generator_memory_and_device_fields():
+    d = json.loads(_spec().dumps())
+    d["generator"].update(vram="low", device="cuda:1", sampler="composed", vae_tiling=True)
+    g = JobSpec.from_json(d).generator
+    assert (g.vram, g.device, g.sampler, g.vae_tiling) == ("low", "cuda:1", "composed", True)
+    for field, bad in (("device", "tpu"), ("vram", "huge"), ("sampler", "fast"), ("refine_strength", 2.0)):
+        d2 = json.loads(_spec().dumps())
+        d2["generator"][field] = bad
+        with pytest.raises(MVP4DError, match=f"generator.{field}"):
+            JobSpec.from_json(d2)
