@@ -66,6 +66,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
     return JobSpec(
+        fit={} if args.fit_iterations is None else {"iterations": args.fit_iterations},
         inputs=InputsSpec(reference_image="", flame_model=_flame_source(args.flame)),
         animation=AnimationSpec(num_frames=args.frames),
         cameras=CamerasSpec(preset=args.preset, resolution=args.resolution),
@@ -99,6 +100,11 @@ def _create_and_run(args: argparse.Namespace, image: str | Path, until: str | No
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     return _create_and_run(args, args.image, until="corpus")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """The whole job: track -> corpus -> fit -> export."""
+    return _create_and_run(args, args.image, until=None)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -156,6 +162,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
     p.add_argument("--steps-other", type=int, default=50, help="DDIM steps of cluster passes")
     p.add_argument("--vram", default=None, choices=list(VRAM_PRESETS), help="MMVDM memory preset")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES))
+    p.add_argument("--fit-iterations", type=int, default=None, help="avatar fitting iterations (default: preset's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     _add_job_options(p, preset="preview")
     p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("generate", help="photo -> avatar: track, corpus, fit and export (outputs/ in the job)")
+    p.add_argument("--image", required=True)
+    _add_job_options(p, preset="preview")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="run or resume a job folder")
     p.add_argument("job_dir")

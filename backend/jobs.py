@@ -94,6 +94,9 @@ def create_job(
             raise bad_input(f"animation file {anim} does not exist", "Pass an .npz of FLAME parameters.")
         spec.animation.source = f"inputs/animation{anim.suffix.lower()}"
     spec = JobSpec.from_json(spec.to_json())  # validate what we are about to write
+    from .avatar.settings import FitSettings
+
+    FitSettings.from_json(spec.fit, spec.cameras.preset)  # a bad "fit" block fails now, not after the corpus
     existing = job_dir / "job.json"
     if existing.is_file():
         old = JobSpec.load(job_dir)

@@ -198,6 +198,12 @@ def _manifest(spec: JobSpec, ring: CameraRing, num_frames: int) -> dict[str, Any
     }
 
 
-STAGES: list[Stage] = [Stage("track", run_track), Stage("corpus", run_corpus)]
+def _fit_stages() -> list[Stage]:
+    from .avatar.stage import run_export, run_fit
+
+    return [Stage("fit", run_fit), Stage("export", run_export)]
+
+
+STAGES: list[Stage] = [Stage("track", run_track), Stage("corpus", run_corpus), *_fit_stages()]
 
 __all__ = ["STAGES", "run_track", "run_corpus", "build_ring", "head_bounds", "reference_crop"]

@@ -119,7 +119,7 @@ class ProjectionGenerator:
         self.faces = torch.as_tensor(np.asarray(faces), dtype=torch.long)
         self.ref_vertices = reference_vertices.detach().to(torch.float32).reshape(-1, 3)
         self.ref_camera = reference_camera
-        self.ref_image = torch.from_numpy(np.ascontiguousarray(reference_image)).permute(2, 0, 1).float() / 255.0
+        self.ref_image = torch.from_numpy(np.array(reference_image, copy=True)).permute(2, 0, 1).float() / 255.0
         self._K = stack_K([reference_camera])
         self._w2c = stack_world_to_cam([reference_camera])
         ref_frag = rasterize(self.ref_vertices[None], self.faces, self._w2c, self._K,

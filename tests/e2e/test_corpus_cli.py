@@ -63,7 +63,7 @@ def test_animation_moves_the_head(tiny_job):
 def test_run_resumes_finished_job_without_redoing(tiny_job):
     out, _ = tiny_job
     before = {p: p.stat().st_mtime_ns for p in (out / "stages/corpus/views").rglob("*.png")}
-    code, events, err = run_backend("run", str(out))
+    code, events, err = run_backend("run", str(out), "--until", "corpus")
     assert code == 0, err
     assert [e.status for e in events if e.type == "stage"] == ["skip", "skip"]
     assert {p: p.stat().st_mtime_ns for p in (out / "stages/corpus/views").rglob("*.png")} == before
@@ -104,12 +104,27 @@ def test_sigterm_then_rerun_resumes_at_first_unfinished_view(tmp_path, astronaut
     assert not list(views.glob(".*"))
 
 
-def test_demo_leaves_contact_sheet(tmp_path):
+def test_demo_runs_the_whole_job(tmp_path):
     code, events, err = run_backend("demo", "--out", str(tmp_path / "demo"), "--preset", "tiny")
     assert code == 0, err[-2000:]
-    sheet = tmp_path / "demo" / "outputs" / "corpus_preview.png"
-    assert sheet.is_file() and events[-1].type == "done"
+    out = tmp_path / "demo" / "outputs"
+    assert (out / "corpus_preview.png").is_file() and events[-1].type == "done"
     assert JobSpec.load(tmp_path / "demo").inputs.flame_model == "toy"
+    assert [e.stage for e in events if e.type == "stage" and e.status == "end"] == ["track", "corpus", "fit", "export"]
+    for name in ("avatar.safetensors", "avatar.ply", "avatar_preview.png"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "frames").glob("*.ply"))) == PRESETS["tiny"].num_frames
+    from backend.avatar.bundle import read_bundle
+
+    bundle = read_bundle(out / "avatar.safetensors")
+    assert bundle.num_frames == PRESETS["tiny"].num_frames and bundle.num_gaussians > 1000
+
+
+def test_bad_fit_block_is_refused_before_work(tmp_path, astronaut_png):
+    code, events, _ = run_backend("generate", "--image", str(astronaut_png), "--out", str(tmp_path / "job"),
+                                  "--preset", "tiny", "--fit-iterations", "0")
+    assert code != 0 and events[-1].code == "BAD_INPUT" and "iterations" in events[-1].message
+    assert not (tmp_path / "job" / "job.json").exists()
 
 
 def test_doctor_reports_environment():
