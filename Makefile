@@ -48,8 +48,11 @@ test-backend: $(STAMP)
 test-blender: $(STAMP) $(BSTAMP) $(NODE_STAMP)
 	$(BPY) -m pytest -q tests/blender
 
-demo: $(STAMP)
+# the main job on the embedded default: the backend's job in out/demo (contact sheet, avatar, PLYs),
+# then the same in Blender through the add-on (out/demo/blender: .blend, render, .glb, .ply)
+demo: $(STAMP) $(BSTAMP)
 	$(PY) -m backend demo --out out/demo
+	$(BPY) tools/blender_demo.py --out out/demo/blender
 
 # the embedded default end to end in Blender: out/demo/blender/{avatar.blend,render.png,avatar.glb,avatar.ply}
 demo-blender: $(STAMP) $(BSTAMP)

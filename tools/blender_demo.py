@@ -5,9 +5,7 @@ Run with Blender's Python:  ``.venv-blender/bin/python tools/blender_demo.py [--
 Builds the extension zip, installs it into a Blender profile kept inside ``out/`` (never the user's),
 points it at the backend's ``.venv/bin/python``, adds the toy FLAME rig and a camera ring, runs
 ``generate_avatar(wait=True)`` on the astronaut photo, imports the avatar and leaves a ``.blend``, a 256^2
-Cycles render, a ``.glb`` and a ``.ply`` in the output folder. Until the backend's avatar-fitting stage
-is part of every job, a job without ``outputs/avatar.safetensors`` gets the stand-in bundle of
-``backend.blender_support toy-bundle`` (coloured from the tracked photo) and the demo says so.
+Cycles render, a ``.glb`` and a ``.ply`` in the output folder.
 """
 
 from __future__ import annotations
@@ -60,12 +58,8 @@ def main() -> int:
     if res != {"FINISHED"}:
         return 1
     if scene.mvp4d.last_avatar is None:
-        stand_in = job / "outputs" / "stand_in_avatar.safetensors"
-        print("note: this job has no fitted avatar yet (the fit stage is not part of the job); importing the "
-              "stand-in bundle of backend.blender_support toy-bundle")
-        subprocess.run([args.backend_python, "-m", "backend.blender_support", "toy-bundle", str(stand_in), "--job",
-                        str(job)], check=True, env=backend_env, stdout=subprocess.DEVNULL)
-        assert bpy.ops.mvp4d.import_avatar(filepath=str(stand_in)) == {"FINISHED"}
+        print(f"generate_avatar finished but imported no avatar: {scene.mvp4d.last_error}")
+        return 1
     avatar = scene.mvp4d.last_avatar
     scene.mvp4d.rig.hide_render = True
     scene.frame_set(scene.frame_start)
