@@ -25,14 +25,6 @@ RES = 64
 CENTER = (0.0, -0.035, 0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def components():
     torch.manual_seed(0)

@@ -16,15 +16,6 @@ from backend.mmvdm.weights import mmvdm_state_from_cogvideox
 STOCK_KEYS = ("conditioning_channels", "attention_scale_mode", "base_token_count")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on busy shared cores run up to 30x faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def stock_and_mmvdm(cc: int = 7, **mmvdm_kw):
     torch.manual_seed(0)
     cfg = tiny_config(cc)

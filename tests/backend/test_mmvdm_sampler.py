@@ -25,14 +25,6 @@ from backend.mmvdm.transformer import MMVDMTransformer
 V, T, C, H, W, CC = 4, 3, 4, 8, 8, 59
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on 2 busy cores: one thread is several times faster
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -20,14 +20,6 @@ SCHEDULER = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, sn
                  set_alpha_to_one=True, clip_sample=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cogvideox_dir(tmp_path_factory):
     """A tiny CogVideoX diffusers folder written by diffusers itself; the transformer sharded and fp16."""

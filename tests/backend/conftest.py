@@ -1,0 +1,18 @@
+"""Backend unit tests run torch single-threaded.
+
+The tests use tiny tensors; on the project's 2 shared cores two threads were measured 5-100x slower
+than one for such workloads (thread hand-off dominates), so every backend test gets one thread.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
