@@ -30,3 +30,11 @@ def test_weights_check_missing_folder_has_code(tmp_path):
 def test_unknown_bench_target_is_usage_error():
     proc = _run("bench", "teleport")
     assert proc.returncode == 2 and "bench" in proc.stderr
+
+
+def test_training_tools_are_wired(tmp_path):
+    assert _run("train", "--help").returncode == 0
+    assert _run("experiment", "cfg-ablation", "--help").returncode == 0
+    proc = _run("dataset", "validate", str(tmp_path / "no-dataset"))
+    assert proc.returncode != 0
+    assert "no-dataset" in (proc.stdout + proc.stderr)
