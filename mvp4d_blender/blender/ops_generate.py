@@ -141,12 +141,16 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
         try:
             write_job(job_dir, proto, image=image, spec=spec, animation=anim, flame_params=params)
             args = ["run", str(job_dir)] + (["--until", self.stop_after] if self.stop_after else [])
-            process = BackendProcess(common.backend_python(), args, workdir=job_dir,
-                                     backend_root=backend_link.backend_root(), proto=proto, env=common.backend_env(),
-                                     hang_timeout_s=common.hang_timeout()).start()
+            process = _launch(args, job_dir, proto)
         except JobError as e:
             return _fail(self, context, e.code, e.message, e.hint)
         return _start(self, context, process, "generate", self.wait)
+
+
+def _launch(args: list[str], workdir, proto) -> BackendProcess:
+    """Start ``<backend python> -m backend ARGS`` with the preferences' interpreter, environment and timeout."""
+    return BackendProcess(common.backend_python(), args, workdir=workdir, backend_root=backend_link.backend_root(),
+                          proto=proto, env=common.backend_env(), hang_timeout_s=common.hang_timeout()).start()
 
 
 class MVP4D_OT_fit_rig(bpy.types.Operator):
@@ -175,9 +179,7 @@ class MVP4D_OT_fit_rig(bpy.types.Operator):
         args = ["track", "--image", str(image), "--flame", rig.get("mvp4d_flame_source", "toy"), "--out", str(out)]
         context.scene.mvp4d.rig = rig
         try:
-            process = BackendProcess(common.backend_python(), args, workdir=out, backend_root=backend_link.backend_root(),
-                                     proto=backend_link.protocol(), env=common.backend_env(),
-                                     hang_timeout_s=common.hang_timeout()).start()
+            process = _launch(args, out, backend_link.protocol())
         except JobError as e:
             return _fail(self, context, e.code, e.message, e.hint)
         return _start(self, context, process, "fit", self.wait)
