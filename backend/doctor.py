@@ -81,15 +81,20 @@ def _flame_info(flame: str | None) -> dict[str, Any]:
 
 
 def _weights_info(weights: str | None) -> dict[str, Any]:
+    """The same check the MMVDM generator runs before a job (headers only, no tensor data loaded)."""
     weights = weights or os.environ.get("MVP4D_WEIGHTS")
     if not weights:
         return {"ok": True, "configured": None,
                 "note": "No MMVDM weights configured: the projection generator is used."}
-    p = Path(weights)
-    found = p.is_dir() and (p / "transformer").is_dir()
-    info: dict[str, Any] = {"ok": found, "configured": str(p)}
-    if not found:
-        info["fix"] = f"{p} should be an MMVDM folder with transformer/, vae/ and scheduler/ inside."
+    from .errors import MVP4DError
+    from .mmvdm.weights import check_weights
+
+    info: dict[str, Any] = {"configured": str(Path(weights))}
+    try:
+        found = check_weights(weights)
+        info.update(ok=True, transformer_dtype=str(found["transformer_dtype"]))
+    except MVP4DError as e:
+        info.update(ok=False, code=e.code, error=e.message, fix=e.hint)
     return info
 
 

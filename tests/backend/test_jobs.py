@@ -147,3 +147,13 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("exc, code", [(MemoryError(), "OUT_OF_MEMORY"),
+                                       (type("OutOfMemoryError", (RuntimeError,), {})("CUDA"), "OUT_OF_MEMORY")])
+def test_out_of_memory_becomes_its_own_code(job, exc, code):
+    def hungry(ctx):
+        raise exc
+
+    assert run_job(job, stages=[Stage("x", hungry)], sink=EventSink(job / "events.jsonl", stream=None)) == 1
+    assert _events(job)[-1].code == code

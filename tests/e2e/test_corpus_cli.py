@@ -138,3 +138,7 @@ def test_doctor_reports_environment():
     assert report["packages"]["mediapipe"]["version"] == "0.10.14"
     assert report["flame"]["ok"] is False and report["flame"]["fix"]
     assert report["ok"] is False  # a missing FLAME file makes the installation not ok
+    bad_weights = subprocess.run([sys.executable, "-m", "backend", "doctor", "--weights", "/nonexistent/mmvdm"],
+                                 cwd=REPO, capture_output=True, text=True, check=True).stdout
+    w = json.loads(bad_weights)["weights"]
+    assert (w["ok"], w["code"]) == (False, "WEIGHTS_MISSING") and w["fix"]
