@@ -131,6 +131,7 @@ DELEGATES: dict[str, dict[str, str]] = {
     "train": {"": "backend.training.trainer"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
+    "gpu-check": {"": "backend.gpucheck.runner"},
 }
 
 
@@ -204,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
              "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
-             "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools"}
+             "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",
+             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')"}
     for name in DELEGATES:
         p = sub.add_parser(name, help=helps[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
