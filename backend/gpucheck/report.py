@@ -14,6 +14,7 @@ from typing import Any
 from ..fsutil import write_text_atomic
 
 HEADING = "## GPU check results"
+PLACEHOLDER = "No GPU check has been run yet.\n"
 
 
 def _gb(b: Any) -> str:
@@ -105,12 +106,13 @@ def merge(json_path: Path, docs_dir: Path, md_path: Path) -> Path:
     begin, end = f"<!-- gpu-check:{stem} -->", f"<!-- /gpu-check:{stem} -->"
     block = f"{begin}\n{render_table(result)}{end}"
     text = md_path.read_text() if md_path.exists() else "# Benchmarks\n"
+    text = text.replace(PLACEHOLDER, "")
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(end, 1)[1]
     elif HEADING in text:
         head, rest = text.split(HEADING, 1)
-        text = f"{head}{HEADING}\n\n{block}\n{rest.lstrip(chr(10))}"
+        text = f"{head}{HEADING}\n\n{block}\n\n{rest.lstrip(chr(10))}"
     else:
         text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
     write_text_atomic(md_path, text)

@@ -185,8 +185,8 @@ def section_mmvdm(rec: Recorder, opts: dict) -> None:
                        fraction_of_matmul=_sig(achieved / rate), peak_memory_bytes=r["peak_memory_bytes"])
             del r
         except Exception as exc:  # an unavailable backend or OOM: record it, try the next
-            row.update(status="unavailable" if isinstance(exc, (ImportError, ValueError)) else "error",
-                       error=_error_text(exc))
+            missing = isinstance(exc, ImportError) or any(m in str(exc) for m in ("not usable", "not registered"))
+            row.update(status="unavailable" if missing else "error", error=_error_text(exc))
         _empty_cache(dev)
         rows.append(row)
         rec.put("backends", rows)

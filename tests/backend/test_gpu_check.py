@@ -145,10 +145,12 @@ def test_table_shows_every_section_and_merge_replaces_its_own_block(tmp_path):
     src.parent.mkdir()
     src.write_text(json.dumps(_result()))
     md = tmp_path / "benchmarks.md"
-    md.write_text("# Benchmarks\n\nintro\n")
+    md.write_text(f"# Benchmarks\n\nintro\n\n{report.HEADING}\n\n{report.PLACEHOLDER}\n## Next\n")
     report.merge(src, tmp_path / "benchmarks", md)
     report.merge(src, tmp_path / "benchmarks", md)  # again: replaced, not duplicated
     text = md.read_text()
     assert text.count("<!-- gpu-check:gpu-2026-12-04 -->") == 1 and text.count(report.HEADING) == 1
-    assert text.startswith("# Benchmarks\n\nintro\n") and "| bf16 matmul" in text
+    assert text.startswith(f"# Benchmarks\n\nintro\n\n{report.HEADING}\n\n<!-- gpu-check:gpu-2026-12-04 -->\n### ")
+    assert report.PLACEHOLDER not in text and text.endswith("<!-- /gpu-check:gpu-2026-12-04 -->\n\n## Next\n")
+    assert "| bf16 matmul" in text
     assert json.loads((tmp_path / "benchmarks" / src.name).read_text()) == _result()
