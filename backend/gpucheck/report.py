@@ -64,19 +64,21 @@ def render_table(result: dict[str, Any]) -> str:
     rd = sec.get("render", {})
     if rd.get("status") == "ok":
         f = rd["forward_max_abs_diff"]
-        row("gsplat CUDA vs CPU renderer", f"{'agree' if rd['agree'] else 'DISAGREE'} (max |Δ| rgb {f['rgb']:.1e}, "
+        row("gsplat CUDA vs CPU renderer", f"{'agree' if rd['agree'] else 'DISAGREE'} (max abs diff rgb {f['rgb']:.1e}, "
                                           f"alpha {f['alpha']:.1e}, depth {f['depth']:.1e}; {rd['tolerances']})")
-        row("gsplat CUDA forward+backward, 100k splats, 512²", f"{rd['forward_backward_512px_seconds']} s")
+        row(f"gsplat forward+backward, {rd.get('speed_splats')} splats, 512²", f"{rd['forward_backward_512px_seconds']} s")
     else:
         row("gsplat CUDA vs CPU renderer", _status_line(rd) or "not run")
     fit = sec.get("fit", {})
+    job = fit.get("job") or {"preset": "120", "resolution": 512}
+    fit_label = f"avatar fit, preset {job.get('preset')} at {job.get('resolution') or 'the preset'}², gsplat CUDA"
     if fit.get("status") == "ok":
         r = fit["result"]
-        row("avatar fit, preset 120 at 512², gsplat CUDA",
+        row(fit_label,
             f"{r['iterations_per_second']} it/s over {r['iterations']} iterations, {r['num_gaussians']} Gaussians, "
             f"peak {r['peak_memory_mb'] / 1000:.1f} GB")
     else:
-        row("avatar fit, preset 120 at 512², gsplat CUDA", _status_line(fit) or "not run")
+        row(fit_label, _status_line(fit) or "not run")
     build = result.get("background", {}).get("gsplat")
     if build:
         row("gsplat CUDA extension JIT build", f"{build['status']} in {build['seconds']} s")

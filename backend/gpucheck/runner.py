@@ -37,6 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 EXIT_NO_CUDA = 2
 #: the fit section's job: the 120 ring at 512², few frames (iterations/s does not depend on the count)
 FIT_JOB_ARGS = ["--preset", "120", "--frames", "5", "--resolution", "512"]
+#: ``--cpu-smoke``: every section on the CPU at tiny sizes (checks an installation and the check itself)
+CPU_SMOKE = {"device": "cpu", "mmvdm_size": "tiny", "mmvdm_setting": {"views": 2, "frames": 5, "res": 32},
+             "render_splats": 300, "render_repeats": 2, "fit_iterations": 5}
 DEFAULT_FIT_JOB = REPO / ".whl" / "gpu-check-job"
 
 
@@ -146,10 +149,13 @@ def _summary(name: str, r: dict[str, Any]) -> str:
         return f"{r['status']}: {r.get('error', '')}"
     brief = {"device": lambda: f"{r.get('device_name')}, bf16 matmul {r.get('matmul_bf16_tflops')} TFLOP/s",
              "mmvdm": lambda: f"best {r.get('best')}",
-             "sampling": lambda: ", ".join(f"{s['cfg_passes']} {s.get('peak_memory_bytes', 0) / 1e9:.1f} GB"
+             "sampling": lambda: ", ".join(f"{s['cfg_passes']} {(s.get('peak_memory_bytes') or 0) / 1e9:.1f} GB"
                                            for s in r.get("steps", [])),
              "render": lambda: f"agree={r.get('agree')}", "fit": lambda: f"{r.get('iterations_per_second')} it/s"}
-    return "ok" + (f" ({brief[name]()})" if name in brief else "")
+    try:
+        return "ok" + (f" ({brief[name]()})" if name in brief else "")
+    except Exception:  # a summary line must never stop the check
+        return "ok"
 
 
 def run_check(sections: list[Section], json_path: Path, budget_s: float, log_path: Path,
@@ -207,20 +213,21 @@ def _gsplat_build(log: Path, env: dict[str, str]) -> Callable[[], Background]:
     return lambda: Background("gsplat", [sys.executable, "-c", code], log, env, REPO)
 
 
-def _fit_job(src: Path | None, work: Path, log: Path, env: dict[str, str]) -> Callable[[], Background]:
+def _fit_job(src: Path | None, work: Path, log: Path, env: dict[str, str], tiny: bool) -> Callable[[], Background]:
     """Copy a prepared job (resume: builds the corpus if only the track is there) or build one from scratch."""
     def start() -> Background:
         if src is not None and (src / "job.json").is_file():
             shutil.copytree(src, work)
             argv = [sys.executable, "-m", "backend", "run", str(work), "--until", "corpus"]
         else:
-            argv = [sys.executable, "-m", "backend.gpucheck", "--prepare", str(work)]
+            argv = [sys.executable, "-m", "backend.gpucheck", "--prepare", str(work)] + (["--cpu-smoke"] if tiny else [])
         return Background("fit_job", argv, log, env, REPO)
     return start
 
 
-def prepare_fit_job(out: Path) -> int:
-    """Build the fit section's job folder at ``out`` (track + corpus of the 120 ring, 5 frames, 512²)."""
+def prepare_fit_job(out: Path, tiny: bool = False) -> int:
+    """Build the fit section's job folder at ``out`` (track + corpus of the 120 ring, 5 frames, 512²; with
+    ``tiny`` the tiny preset)."""
     from ..cli import main as cli_main
     from ..tracking.image import default_reference_image, save_png_atomic
 
@@ -228,7 +235,7 @@ def prepare_fit_job(out: Path) -> int:
     image = out.parent / f".{out.name}-astronaut.png"
     if not image.exists():
         save_png_atomic(image, default_reference_image())
-    return cli_main(["corpus", "--image", str(image), "--out", str(out), *FIT_JOB_ARGS])
+    return cli_main(["corpus", "--image", str(image), "--out", str(out), *(["--preset", "tiny"] if tiny else FIT_JOB_ARGS)])
 
 
 def _no_cuda_message() -> str | None:
@@ -252,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated sections (default: all)")
     p.add_argument("--merge", default=None, metavar="JSON", help="put a check's JSON and table into docs/ and exit")
     p.add_argument("--prepare", default=None, metavar="DIR", help="build the fit job folder at DIR and exit")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="run every section on the CPU at tiny sizes: checks the installation, the numbers mean nothing")
     a = p.parse_args(argv)
     from .report import merge, render_table
 
@@ -260,40 +269,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu-check: merged {a.merge} into {md}")
         return 0
     if a.prepare:
-        return prepare_fit_job(Path(a.prepare).resolve())
-    message = _no_cuda_message()
+        return prepare_fit_job(Path(a.prepare).resolve(), tiny=a.cpu_smoke)
+    message = None if a.cpu_smoke else _no_cuda_message()
     if message:
         print(message, file=sys.stderr)
         return EXIT_NO_CUDA
+    if not a.cpu_smoke:
+        import torch
 
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(0)
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")  # gsplat: build for this GPU only
-    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
+        major, minor = torch.cuda.get_device_capability(0)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")  # gsplat: build for this GPU only
+        os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     out_dir = Path(a.out_dir) if a.out_dir else REPO / "out" / "gpu-check"  # logs stay in out/ (ignored)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"gpu-{date}.json"
     sections = default_sections()
+    if a.cpu_smoke:  # the CPU compositor needs no gsplat build
+        for s in sections:
+            s.needs = tuple(n for n in s.needs if n != "gsplat")
     if a.only:
         wanted = set(a.only.split(","))
         sections = [s for s in sections if s.name in wanted]
     env = _child_env()
-    fit_src = Path(a.fit_job) if a.fit_job else (DEFAULT_FIT_JOB if DEFAULT_FIT_JOB.is_dir() else None)
+    fit_src = Path(a.fit_job) if a.fit_job else (DEFAULT_FIT_JOB if DEFAULT_FIT_JOB.is_dir() and not a.cpu_smoke else None)
     work = Path(tempfile.mkdtemp(prefix="mvp4d-gpucheck-work-"))
     background = {"gsplat": _gsplat_build(out_dir / f"gsplat-build-{date}.log", env),
-                  "fit_job": _fit_job(fit_src, work / "fit-job", out_dir / f"fit-job-{date}.log", env)}
+                  "fit_job": _fit_job(fit_src, work / "fit-job", out_dir / f"fit-job-{date}.log", env, a.cpu_smoke)}
     needed = {n for s in sections for n in s.needs}
     background = {k: v for k, v in background.items() if k in needed}
     print(f"gpu-check: {len(sections)} sections, budget {a.budget:.0f} s, results in {json_path}", flush=True)
     try:
         result = run_check(sections, json_path, a.budget, out_dir / f"gpu-check-{date}.log", background,
-                           {"fit_job": str(work / "fit-job"), "fit_iterations": a.fit_iterations},
+                           {"fit_job": str(work / "fit-job"), "fit_iterations": a.fit_iterations,
+                            **(CPU_SMOKE if a.cpu_smoke else {})},
                            echo=lambda m: print(m, flush=True))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_text_atomic(out_dir / f"gpu-{date}.md", render_table(result))
+    try:
+        table = render_table(result)
+    except Exception as exc:  # the JSON is written; a table bug must not hide it
+        table = f"(the table could not be rendered: {type(exc).__name__}: {exc}; see {json_path.name})\n"
+    write_text_atomic(out_dir / f"gpu-{date}.md", table)
     if not a.out_dir:
         md = merge(json_path, REPO / "docs" / "benchmarks", REPO / "docs" / "benchmarks.md")
         print(f"gpu-check: wrote docs/benchmarks/{json_path.name} and the table in {md} (logs in {out_dir})")

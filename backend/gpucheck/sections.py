@@ -114,13 +114,16 @@ def section_device(rec: Recorder, opts: dict) -> None:
     """GPU and software versions, then the dense bf16 matmul rate (8192³, best of 3 runs of 10)."""
     from ..mmvdm.bench import matmul_tflops
 
-    dev = _device({})
-    props = torch.cuda.get_device_properties(dev)
+    dev = _device(opts)
     nvcc = _command_line(["nvcc", "--version"])
-    rec.put("device_name", torch.cuda.get_device_name(dev))
-    rec.put("capability", f"{props.major}.{props.minor}")
-    rec.put("multiprocessors", props.multi_processor_count)
-    rec.put("memory_bytes", int(props.total_memory))
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        rec.put("device_name", torch.cuda.get_device_name(dev))
+        rec.put("capability", f"{props.major}.{props.minor}")
+        rec.put("multiprocessors", props.multi_processor_count)
+        rec.put("memory_bytes", int(props.total_memory))
+    else:
+        rec.put("device_name", f"CPU ({os.cpu_count()} threads; --cpu-smoke)")
     rec.put("torch", torch.__version__)
     rec.put("cuda", torch.version.cuda)
     rec.put("cudnn", torch.backends.cudnn.version())
@@ -129,9 +132,12 @@ def section_device(rec: Recorder, opts: dict) -> None:
     rec.put("python", sys.version.split()[0])
     rec.put("packages", {d: _version(d) for d in ("diffusers", "gsplat", "numpy", "triton", "flash-attn")})
     rec.put("cpu_count", os.cpu_count())
-    runs = [matmul_tflops(dev, torch.bfloat16, n=8192, repeats=10) for _ in range(3)]
-    rec.put("matmul_bf16_tflops_runs", [round(r, 1) for r in runs])
-    rec.put("matmul_bf16_tflops", round(max(runs), 1))
+    if dev.type == "cuda":
+        runs = [matmul_tflops(dev, torch.bfloat16, n=8192, repeats=10) for _ in range(3)]
+    else:  # --cpu-smoke: CPUs without bf16 units emulate it slowly; the number only proves the path
+        runs = [matmul_tflops(dev, torch.float32, n=256, repeats=3) for _ in range(3)]
+    rec.put("matmul_bf16_tflops_runs", [_sig(r) for r in runs])
+    rec.put("matmul_bf16_tflops", _sig(max(runs)))
 
 
 def _matmul_rate(opts: dict, dev: torch.device) -> float:
@@ -140,8 +146,9 @@ def _matmul_rate(opts: dict, dev: torch.device) -> float:
         return float(opts["matmul_tflops"])
     from ..mmvdm.bench import matmul_tflops
 
-    n = 8192 if dev.type == "cuda" else 512
-    return max(matmul_tflops(dev, torch.bfloat16, n=n, repeats=10) for _ in range(2))
+    if dev.type != "cuda":
+        return matmul_tflops(dev, torch.float32, n=256, repeats=3)
+    return max(matmul_tflops(dev, torch.bfloat16, n=8192, repeats=10) for _ in range(2))
 
 
 def _setting(opts: dict) -> dict:

@@ -154,3 +154,18 @@ def test_table_shows_every_section_and_merge_replaces_its_own_block(tmp_path):
     assert report.PLACEHOLDER not in text and text.endswith("<!-- /gpu-check:gpu-2026-12-04 -->\n\n## Next\n")
     assert "| bf16 matmul" in text
     assert json.loads((tmp_path / "benchmarks" / src.name).read_text()) == _result()
+
+
+def test_cpu_smoke_runs_the_command_end_to_end_and_writes_json_and_table(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    p = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-smoke", "--only", "device,cap4d",
+                        "--out-dir", str(tmp_path), "--budget", "120"], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (js,) = tmp_path.glob("gpu-*.json")
+    result = json.loads(js.read_text())
+    assert result["sections"]["device"]["status"] == "ok" and result["sections"]["device"]["matmul_bf16_tflops"] > 0
+    assert result["sections"]["cap4d"]["status"] in ("ok", "skipped")
+    table = (tmp_path / (js.stem + ".md")).read_text()
+    assert "| bf16 matmul 8192³ (best of 3) |" in table and "CAP4D forward" in table
+    assert "Traceback" not in p.stdout + p.stderr
