@@ -9,7 +9,8 @@
 # (`python -m backend gpu-check --prepare .whl/gpu-check-job` on any machine with the full install).
 #
 # This project's device tool (nvidia-h200; run from the main checkout, where .whl/ is git-ignored):
-#   run(command="bash tools/gpu_check.sh --out-dir $OUT --budget 420", carry=[".whl"], timeout_s=540)
+#   run(command="bash tools/gpu_check.sh --out-dir $OUT --budget 390", carry=[".whl"], timeout_s=480)
+# ($OUT gets gpu-<date>.json, gpu-<date>.md and three logs: five files, within the eight that come back)
 # then here: python -m backend gpu-check --merge <files_at>/gpu-<date>.json
 set -euo pipefail
 cd "$(dirname "$0")/.."

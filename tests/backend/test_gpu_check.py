@@ -103,18 +103,16 @@ def test_render_section_runs_its_comparison_code_on_the_cpu(tmp_path):
     assert rec.data["forward_max_abs_diff"]["rgb"] == 0.0 and rec.data["forward_backward_512px_seconds"] > 0
 
 
-def test_cap4d_and_fit_sections_skip_with_a_reason_through_the_child_process(tmp_path):
-    opts = {"device": "cpu", "fit_job": str(tmp_path / "missing")}
-    with open(tmp_path / "log", "w") as log:
-        cap = runner.run_section(runner.Section("cap4d", 60), 60, log, runner._child_env(), opts)
-        fit = runner.run_section(runner.Section("fit", 60), 60, log, runner._child_env(), opts)
+def test_cap4d_and_fit_sections_skip_with_a_reason(tmp_path):
     import importlib.util
 
-    has_bench = importlib.util.find_spec("backend.cap4d") is not None and \
-        importlib.util.find_spec("backend.cap4d.bench") is not None
-    if not has_bench:
-        assert cap["status"] == "skipped" and "cap4d" in cap["skipped"]
-    assert fit["status"] == "skipped" and "no job folder" in fit["skipped"]
+    rec = sections.Recorder(tmp_path / "c.json")
+    sections.section_cap4d(rec, {"device": "cpu"})
+    if importlib.util.find_spec("backend.cap4d") is None:
+        assert "backend.cap4d is not part of this build" in rec.data["skipped"]
+    rec = sections.Recorder(tmp_path / "f.json")
+    sections.section_fit(rec, {"device": "cpu", "fit_job": str(tmp_path / "missing")})
+    assert "no job folder with a finished corpus" in rec.data["skipped"]
 
 
 def _result() -> dict:
