@@ -126,7 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 DELEGATES: dict[str, dict[str, str]] = {
     "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench"},
     "plan": {"": "backend.mmvdm.plan"},
-    "weights": {"build": "backend.mmvdm.weights_cli", "check": "backend.mmvdm.weights_cli"},
+    "weights": {"build": "backend.mmvdm.weights_cli", "check": "backend.mmvdm.weights_cli",
+                "convert": "backend.cap4d.weights_cli", "fixture": "backend.cap4d.weights_cli"},
     "export": {"": "backend.avatar.export"},
     "train": {"": "backend.training.trainer"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...' (JSON)",
              "plan": "print the MMVDM sampling plan for a preset",
-             "weights": "'weights build --from COGVIDEOX_DIR --out DIR' or 'weights check DIR'",
+             "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights check DIR', "
+                        "'weights convert --from CAP4D.ckpt --out DIR' or 'weights fixture FILE'",
              "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
