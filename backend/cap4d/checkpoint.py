@@ -149,7 +149,7 @@ def unet_upstream_config_from_shapes(unet: Mapping[str, torch.Tensor], num_views
     cond = _shape(unet, p + "cond_linear.weight")
     return dict(image_size=64, time_steps=num_views, temporal_mode="3d", in_channels=_shape(unet, p + "input_blocks.0.0.weight")[1],
                 out_channels=_shape(unet, p + "out.2.weight")[0], model_channels=mc, condition_channels=cond[1],
-                attention_resolutions=att, num_res_blocks=nres, channel_mult=mults, num_head_channels=min(64, mc),
+                attention_resolutions=sorted(att, reverse=True), num_res_blocks=nres, channel_mult=mults, num_head_channels=min(64, mc),
                 use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1, context_dim=1024)
 
 
@@ -157,7 +157,7 @@ def vae_config_from_shapes(vae: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """A diffusers ``AutoencoderKL`` config read off the shapes of an LDM VAE state dict."""
     p = VAE_PREFIX
     levels = sorted({int(k[len(p + "encoder.down."):].split(".")[0]) for k in vae if k.startswith(p + "encoder.down.")})
-    nres = len({k.split(".")[4] for k in vae if k.startswith(p + "encoder.down.0.block.")})
+    nres = len({k.split(".")[5] for k in vae if k.startswith(p + "encoder.down.0.block.")})
     outs = [_shape(vae, p + f"encoder.down.{i}.block.0.conv1.weight")[0] for i in levels]
     return dict(in_channels=_shape(vae, p + "encoder.conv_in.weight")[1], out_channels=_shape(vae, p + "decoder.conv_out.weight")[0],
                 down_block_types=["DownEncoderBlock2D"] * len(outs), up_block_types=["UpDecoderBlock2D"] * len(outs),

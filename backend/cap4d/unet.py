@@ -15,9 +15,11 @@ Differences from a stock Stable Diffusion UNet, all from the CAP4D paper/code:
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import FrozenDict, register_to_config
 from torch import nn
 
 from .attention import ViewAttnProcessor
@@ -65,6 +67,10 @@ class MMDMUNet(UNet2DConditionModel):
                 blk.norm2 = None
         self.cond_linear = nn.Linear(condition_channels, block_out_channels[0])
         self.set_view_attention()
+        # the parent registered all of its own defaults too; keep our signature's keys so that a saved
+        # config.json loads back without "unexpected attribute" warnings
+        own = set(inspect.signature(MMDMUNet.__init__).parameters) - {"self"}
+        self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k in own or k.startswith("_")})
 
     # ------------------------------------------------------------------------------------ attention
     def joint_view_module_prefixes(self) -> list[str]:
