@@ -135,3 +135,20 @@ def test_missing_checkpoint_and_folder(tmp_path):
     with pytest.raises(MVP4DError) as e:
         check_weights(tmp_path / "empty")
     assert e.value.code == "WEIGHTS_MISSING" and "cap4d.json" in e.value.message
+
+
+def test_latents_are_a_scaled_posterior_sample(tmp_path):
+    from backend.cap4d.latents import decode_latents, encode_images
+
+    vae = load_cap4d(write_tiny_checkpoint(tmp_path / "tiny.ckpt")).vae
+    img = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    z1 = encode_images(vae, img, torch.Generator().manual_seed(7), chunk=2)
+    z2 = encode_images(vae, img, torch.Generator().manual_seed(7))
+    z3 = encode_images(vae, img, torch.Generator().manual_seed(8))
+    assert z1.shape == (3, 4, 4, 4) and torch.allclose(z1, z2, atol=1e-6) and not torch.allclose(z1, z3)
+    with torch.no_grad():
+        dist = vae.encode(img * 2 - 1).latent_dist
+    noise = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(z1, (dist.mean + dist.std * noise) * 0.18215, atol=1e-5)
+    out = decode_latents(vae, z1)
+    assert out.shape == (3, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
