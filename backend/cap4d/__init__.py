@@ -2,9 +2,11 @@
 
 Modules: ``config`` (network configurations), ``attention`` (self-attention over views), ``unet`` (the
 denoiser on diffusers' UNet2DConditionModel), ``checkpoint`` (reading and mapping the ``.ckpt``),
-``fixture`` (golden-fixture evaluation). CAP4D's weights are CC BY-NC 4.0 (derived from Stable
+``fixture`` (golden-fixture evaluation), ``weights`` (the safetensors folder), ``schedule``/``sampler``
+(DDIM with the exact ᾱ table, stochastic I/O), ``latents`` (VAE), ``mouth``/``maps`` (conditioning). CAP4D's weights are CC BY-NC 4.0 (derived from Stable
 Diffusion 2.1, OpenRAIL++): not for commercial use. Our code is our own.
 """
 
-LICENCE = ("CAP4D MMDM weights: CC BY-NC 4.0 (derived from Stable Diffusion 2.1, CreativeML OpenRAIL++-M use "
-           "restrictions apply): not for commercial use.")
+from ..protocol import CAP4D_LICENCE as LICENCE  # one definition, torch-free (the add-on shows it too)
+
+__all__ = ["LICENCE"]
