@@ -125,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
 DELEGATES: dict[str, dict[str, str]] = {
-    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench"},
+    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench"},
     "plan": {"": "backend.mmvdm.plan"},
     "weights": {"build": "backend.mmvdm.weights_cli", "check": "backend.mmvdm.weights_cli",
                 "convert": "backend.cap4d.weights_cli", "fixture": "backend.cap4d.weights_cli"},
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop after this stage")
     p.set_defaults(func=cmd_run)
 
-    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...' (JSON)",
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON)",
              "plan": "print the MMVDM sampling plan for a preset",
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights check DIR', "
                         "'weights convert --from CAP4D.ckpt --out DIR' or 'weights fixture FILE'",
