@@ -35,8 +35,9 @@ class SamplerSettings:
     guidance: float = 2.0
     views: int = 8  # images per forward (the model's)
     max_refs: int = 4
-    groups_per_batch: int = 1  # groups per UNet call (×2 images with CFG)
+    groups_per_batch: int = 1  # groups per UNet call (×2 images with batched CFG)
     seed: int = 0
+    cfg_batched: bool = True  # False: the unconditional and conditional halves in two calls (half the memory)
 
 
 def group_schedule(rng: np.random.Generator, n_targets: int, n_refs: int, views: int, max_refs: int
@@ -126,7 +127,11 @@ class StochasticIOSampler:
         ts = torch.full((b, v), t, device=x.device, dtype=torch.long)
         if self.s.guidance == 1.0:
             return self.unet(noisy, ts, z_in, ref_mask, maps)[:, r:].float()
-        out = self.unet(torch.cat([noisy, noisy]), torch.cat([ts, ts]), torch.cat([torch.zeros_like(z_in), z_in]),
-                        torch.cat([ref_mask, ref_mask]), torch.cat([torch.zeros_like(maps), maps]))
-        uncond, cond = out[:, r:].float().chunk(2)
+        if self.s.cfg_batched:
+            out = self.unet(torch.cat([noisy, noisy]), torch.cat([ts, ts]), torch.cat([torch.zeros_like(z_in), z_in]),
+                            torch.cat([ref_mask, ref_mask]), torch.cat([torch.zeros_like(maps), maps]))
+            uncond, cond = out[:, r:].float().chunk(2)
+        else:
+            uncond = self.unet(noisy, ts, torch.zeros_like(z_in), ref_mask, torch.zeros_like(maps))[:, r:].float()
+            cond = self.unet(noisy, ts, z_in, ref_mask, maps)[:, r:].float()
         return uncond + self.s.guidance * (cond - uncond)

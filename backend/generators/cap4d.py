@@ -45,10 +45,10 @@ GiB = 1024**3
 CAP4D_CROP_SCALE = 1.2
 #: memory presets: groups per UNet call, VAE tiling, model offload (results do not change)
 CAP4D_VRAM: dict[str, dict[str, Any]] = {
-    "high": dict(groups_per_batch=4, vae_tiling=False, offload="none"),
-    "medium": dict(groups_per_batch=1, vae_tiling=False, offload="none"),
-    "low": dict(groups_per_batch=1, vae_tiling=True, offload="model"),
-    "lowest": dict(groups_per_batch=1, vae_tiling=True, offload="model"),
+    "high": dict(groups_per_batch=4, cfg_batched=True, vae_tiling=False, offload="none"),
+    "medium": dict(groups_per_batch=1, cfg_batched=True, vae_tiling=False, offload="none"),
+    "low": dict(groups_per_batch=1, cfg_batched=False, vae_tiling=True, offload="none"),
+    "lowest": dict(groups_per_batch=1, cfg_batched=False, vae_tiling=True, offload="model"),
 }
 _UNET_PARAMS = 815.55e6
 _VAE_PARAMS = 83.65e6
@@ -80,6 +80,7 @@ class CAP4DSettings:
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str | None = None
     groups_per_batch: int = 1
+    cfg_batched: bool = True
     vae_tiling: bool = False
     offload: str = "none"  # none | model
     attention_backend: str | None = None  # diffusers' dispatcher name (flash, _native_cudnn, sage, ...)
@@ -110,7 +111,7 @@ def estimate_vram(settings: CAP4DSettings, device: torch.device) -> dict[str, in
     b = torch.empty((), dtype=settings.torch_dtype(device)).element_size()
     scale = (res / 512) ** 2 * (b / 2)
     weights = int(_UNET_PARAMS * b)
-    act = int(2 * 8 * settings.groups_per_batch * _ACT_BYTES_512 * scale)
+    act = int((2 if settings.cfg_batched else 1) * 8 * settings.groups_per_batch * _ACT_BYTES_512 * scale)
     vae = int((_VAE_TILED_BYTES_512 if settings.vae_tiling else _VAE_BYTES_512) * scale + _VAE_PARAMS * b)
     resident = 0 if settings.offload == "model" else weights
     return {"unet": weights + act, "vae": vae, "peak": max(weights + act, vae + resident), "weights": weights}
@@ -140,8 +141,9 @@ class CAP4DGenerator:
         if device.type == "cuda" and torch.cuda.is_available():
             free, _ = torch.cuda.mem_get_info(device)
             if est["peak"] > free:
-                low = estimate_vram(replace(s, **CAP4D_VRAM["low"]), device)["peak"]
-                hint = ("Use the 'low' VRAM setting (vram = low)." if low <= free else
+                fits = [v for v in ("medium", "low", "lowest")
+                        if estimate_vram(replace(s, **CAP4D_VRAM[v]), device)["peak"] <= free]
+                hint = (f"Use the '{fits[0]}' VRAM setting (--vram {fits[0]})." if fits else
                         "This GPU has too little free memory for CAP4D; close other programs or use another GPU.")
                 raise MVP4DError("OUT_OF_MEMORY", f"CAP4D needs about {est['peak'] / GiB:.1f} GiB of GPU memory "
                                  f"but only {free / GiB:.1f} GiB are free", hint)
@@ -168,7 +170,7 @@ class CAP4DGenerator:
 
     def _fingerprint(self, ring: CameraRing, frames: list[int]) -> dict[str, Any]:
         s = asdict(self.settings)
-        for k in ("device", "groups_per_batch", "vae_tiling", "offload", "attention_backend"):
+        for k in ("device", "groups_per_batch", "cfg_batched", "vae_tiling", "offload", "attention_backend"):
             s.pop(k)
         return {"settings": s, "frames": frames, "views": [c.name for c in ring.cameras],
                 "weights": None if self.weights is None else str(self.weights)}
@@ -240,8 +242,8 @@ class CAP4DGenerator:
                 f"budget {images}")
             if s.offload == "model":
                 comp.vae.to("cpu")
-            sampler = StochasticIOSampler(comp.unet, SamplerSettings(steps=steps, seed=s.seed,
-                                                                     groups_per_batch=s.groups_per_batch))
+            sampler = StochasticIOSampler(comp.unet, SamplerSettings(
+                steps=steps, seed=s.seed, groups_per_batch=s.groups_per_batch, cfg_batched=s.cfg_batched))
             latents = sampler.sample(z_ref, ref_maps, target_maps, check=check,
                                      progress=lambda d, t: progress(d, t + len(ring)), device=device).cpu()
             state_dir.mkdir(parents=True, exist_ok=True)

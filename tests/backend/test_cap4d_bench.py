@@ -22,3 +22,20 @@ def test_bench_runs_tiny_on_cpu():
     assert r["output_shape"] == [2, 3, 4, 8, 8] and r["finite"]
     assert r["seconds_per_forward"] > 0 and r["achieved_tflops"] > 0 and 0 < r["fraction_of_matmul"]
     assert r["flops_per_forward"] == forward_flops(3, 64, model_channels=32)
+
+
+def test_vram_estimate_refuses_before_loading_and_names_a_setting(monkeypatch):
+    import torch
+
+    from backend.errors import MVP4DError
+    from backend.generators.cap4d import CAP4DGenerator, CAP4DSettings, GiB
+
+    gen = CAP4DGenerator(None, CAP4DSettings(device="cuda", dtype="bf16"), components=object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for free, words in ((5, "--vram low"), (2, "too little")):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free: (int(f * GiB), int(80 * GiB)))
+        with pytest.raises(MVP4DError) as e:
+            gen.check_memory(lambda m: None)
+        assert e.value.code == "OUT_OF_MEMORY" and words in e.value.hint
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(40 * GiB), int(80 * GiB)))
+    assert gen.check_memory(lambda m: None)["peak"] < 40 * GiB

@@ -106,6 +106,8 @@ def test_same_seed_same_result_other_seed_other_result_batching_irrelevant():
     a = run(1, 1)
     assert torch.equal(a, run(1, 1))
     assert torch.allclose(a, run(1, 3), atol=1e-6)
+    sequential = StochasticIOSampler(FakeUNet(), SamplerSettings(steps=3, seed=1, cfg_batched=False)).sample(*inputs)
+    assert torch.allclose(a, sequential, atol=1e-6)
     assert not torch.allclose(a, run(2, 1))
 
 
