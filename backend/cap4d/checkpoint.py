@@ -72,8 +72,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _invalid(f"{path} holds objects other than tensors, refused without running them ({first[:200]})") from exc
+        # torch's message suggests weights_only=False; never pass that on, name only what was refused
+        why = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        if why:
+            raise _invalid(f"{path} holds objects other than tensors, refused without running them "
+                           f"({why[0][:200]})") from exc
+        raise _invalid(f"{path} is not a readable PyTorch checkpoint (truncated or damaged)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise _invalid(f"{path} is not a readable PyTorch checkpoint (truncated or damaged? {str(exc)[:200]})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

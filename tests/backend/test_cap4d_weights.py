@@ -152,3 +152,11 @@ def test_latents_are_a_scaled_posterior_sample(tmp_path):
     assert torch.allclose(z1, (dist.mean + dist.std * noise) * 0.18215, atol=1e-5)
     out = decode_latents(vae, z1)
     assert out.shape == (3, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+
+
+def test_garbage_file_is_invalid_without_unsafe_advice(tmp_path):
+    bad = tmp_path / "garbage.ckpt"
+    bad.write_bytes(b"\x80\x02not a checkpoint at all")
+    with pytest.raises(MVP4DError) as e:
+        read_checkpoint(bad)
+    assert e.value.code == "WEIGHTS_INVALID" and "weights_only" not in e.value.message + e.value.hint
