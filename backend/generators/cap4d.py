@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -233,10 +234,20 @@ class CAP4DGenerator:
         fp = self._fingerprint(ring, frames)
         ckpt = state_dir / "latents.safetensors"
         latents = None
-        if ckpt.is_file() and (state_dir / "settings.json").is_file():
-            if json.loads((state_dir / "settings.json").read_text()) == fp:
+        if (state_dir / "settings.json").is_file():
+            try:
+                old = json.loads((state_dir / "settings.json").read_text())
+            except (OSError, ValueError):
+                old = None
+            if old == fp and ckpt.is_file():
                 latents = load_file(str(ckpt))["latents"]
                 log("resuming: CAP4D latents already sampled")
+            elif old != fp:  # another run's state and views (job-owned files) must not mix with this one
+                log("CAP4D settings changed since the last run: sampling again")
+                shutil.rmtree(state_dir)
+                for cam in ring.cameras:
+                    if (out_views_dir / cam.name).is_dir():
+                        shutil.rmtree(out_views_dir / cam.name)
         if latents is None:
             log(f"CAP4D: {len(target_maps)} images ({len(ring)} views × {len(frames)} frames), {steps} steps, "
                 f"budget {images}")
