@@ -54,6 +54,11 @@ def test_a_missing_or_misshapen_key_is_named():
     with pytest.raises(MVP4DError) as e:
         models_from_checkpoint(split_checkpoint(state))
     assert "attn2.to_k" in e.value.message
+    state = meta_checkpoint()
+    state["model.diffusion_model.input_blocks.1.0.extra_gate.weight"] = torch.empty(320, device="meta")
+    with pytest.raises(MVP4DError) as e:
+        models_from_checkpoint(split_checkpoint(state))
+    assert "extra_gate" in e.value.message
 
 
 def test_stable_diffusion_checkpoint_is_refused():
