@@ -94,6 +94,9 @@ def create_job(
             raise bad_input(f"animation file {anim} does not exist", "Pass an .npz of FLAME parameters.")
         spec.animation.source = f"inputs/animation{anim.suffix.lower()}"
     spec = JobSpec.from_json(spec.to_json())  # validate what we are about to write
+    if spec.generator.name == "cap4d" and spec.inputs.flame_model == "toy":
+        raise MVP4DError("FLAME_REQUIRED", "the CAP4D generator needs the real FLAME model; the embedded toy head "
+                         "cannot be used")
     from .avatar.settings import FitSettings
 
     FitSettings.from_json(spec.fit, spec.cameras.preset)  # a bad "fit" block fails now, not after the corpus

@@ -39,7 +39,8 @@ EXIT_NO_CUDA = 2
 FIT_JOB_ARGS = ["--preset", "120", "--frames", "5", "--resolution", "512"]
 #: ``--cpu-smoke``: every section on the CPU at tiny sizes (checks an installation and the check itself)
 CPU_SMOKE = {"device": "cpu", "mmvdm_size": "tiny", "mmvdm_setting": {"views": 2, "frames": 5, "res": 32},
-             "render_splats": 300, "render_repeats": 2, "fit_iterations": 5}
+             "render_splats": 300, "render_repeats": 2, "fit_iterations": 5,
+             "cap4d_setting": {"size": "tiny", "views": 2, "res": 64, "steps": 1, "dtype": "fp32"}}
 DEFAULT_FIT_JOB = REPO / ".whl" / "gpu-check-job"
 
 

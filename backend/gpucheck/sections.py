@@ -237,7 +237,7 @@ def section_sampling(rec: Recorder, opts: dict) -> None:
 
 
 def section_cap4d(rec: Recorder, opts: dict) -> None:
-    """The CAP4D forward through ``backend.cap4d.bench.run_bench`` where that exists."""
+    """The CAP4D forward (one CFG 8-view forward at 512², random weights) through ``backend.cap4d.bench``."""
     try:
         importlib.import_module("backend.cap4d")
     except ImportError as exc:
@@ -248,15 +248,15 @@ def section_cap4d(rec: Recorder, opts: dict) -> None:
     except ImportError as exc:
         rec.put("skipped", f"backend.cap4d has no bench module ({_error_text(exc)})")
         return
-    fn = getattr(bench, "run_bench", None)
+    fn = getattr(bench, "bench_cap4d", None) or getattr(bench, "run_bench", None)
     if not callable(fn):
-        rec.put("skipped", "backend.cap4d.bench exposes no run_bench function")
+        rec.put("skipped", "backend.cap4d.bench exposes no bench_cap4d function")
         return
     dev = _device(opts)
-    wanted = {"device": str(dev), "dtype": "bf16"}
+    wanted = {"device": str(dev), "dtype": "bf16", **opts.get("cap4d_setting", {})}
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in wanted.items() if k in params}
-    rec.put("called", f"backend.cap4d.bench.run_bench({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+    rec.put("called", f"backend.cap4d.bench.{fn.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
     rec.put("result", fn(**kwargs))
 
 
