@@ -107,9 +107,13 @@ def test_cap4d_and_fit_sections_skip_with_a_reason(tmp_path):
     import importlib.util
 
     rec = sections.Recorder(tmp_path / "c.json")
-    sections.section_cap4d(rec, {"device": "cpu"})
+    sections.section_cap4d(rec, {"device": "cpu", "cap4d_setting": runner.CPU_SMOKE["cap4d_setting"]})
     if importlib.util.find_spec("backend.cap4d") is None:
         assert "backend.cap4d is not part of this build" in rec.data["skipped"]
+    else:  # the tiny UNet really runs: one finite CFG forward of the asked shape
+        result = rec.data["result"]
+        assert result["finite"] and result["size"] == "tiny" and result["views"] == 2
+        assert result["output_shape"][:2] == [2, 2] and result["seconds_per_forward"] > 0
     rec = sections.Recorder(tmp_path / "f.json")
     sections.section_fit(rec, {"device": "cpu", "fit_job": str(tmp_path / "missing")})
     assert "no job folder with a finished corpus" in rec.data["skipped"]
