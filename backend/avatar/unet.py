@@ -55,7 +55,7 @@ def face_chart(template_vertices: np.ndarray | torch.Tensor, faces: np.ndarray |
 def time_embedding(frames: torch.Tensor, num_frames: int, channels: int = TIME_CHANNELS) -> torch.Tensor:
     """(B, channels) sinusoidal embedding of frame indices: sin/cos(2^k pi tau), tau = f / (T - 1)."""
     tau = frames.to(torch.float32) / max(num_frames - 1, 1)
-    k = torch.arange(channels // 2, dtype=torch.float32)
+    k = torch.arange(channels // 2, dtype=torch.float32, device=frames.device)  # on the frames' device (CUDA fit)
     ang = tau[:, None] * (2.0**k)[None] * math.pi
     return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
 

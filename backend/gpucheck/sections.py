@@ -294,6 +294,19 @@ def section_render(rec: Recorder, opts: dict) -> None:
         err = (b.grad.cpu() - a.grad).abs()
         grads[name] = {"max_abs": float(err.max()), "max_rel": float((err / (a.grad.abs() + 1e-3)).max())}
     rec.put("gradient_diff", grads)
+    # where they differ: how many splats fall outside the tolerance, and what the worst ones look like
+    bad = {name: int((~torch.isclose(b.grad.cpu(), a.grad, atol=1e-3, rtol=1e-2)).any(-1).sum()
+                     if a.grad.dim() > 1 else (~torch.isclose(b.grad.cpu(), a.grad, atol=1e-3, rtol=1e-2)).sum())
+           for name, a, b in zip(names, cpu_in, gpu_in)}
+    rec.put("gradient_splats_outside_tolerance", bad)
+    err = (gpu_in[0].grad.cpu() - cpu_in[0].grad).abs().amax(-1)
+    worst = torch.argsort(err, descending=True)[:5]
+    rec.put("means_gradient_worst_splats", [{
+        "index": int(i), "cpu_grad": [round(float(x), 5) for x in cpu_in[0].grad[i]],
+        "cuda_grad": [round(float(x), 5) for x in gpu_in[0].grad[i].cpu()],
+        "opacity": round(float(args[3][i]), 4), "radii": [int(r) for r in cpu.radii[0, i]],
+        "means2d": [round(float(x), 2) for x in cpu.means2d[0, i].detach()],
+        "depth": round(float(args[0][i, 2] + 0.6), 4)} for i in worst])
     ok_fwd = max(diff["rgb"], diff["alpha"], diff["depth"]) <= 2e-3 and diff["radii_mismatches"] == 0
     ok_grad = all(torch.allclose(b.grad.cpu(), a.grad, atol=1e-3, rtol=1e-2) for a, b in zip(cpu_in, gpu_in))
     rec.put("tolerances", "forward atol 2e-3, radii equal; gradients atol 1e-3 rtol 1e-2 (the CUDA test's)")

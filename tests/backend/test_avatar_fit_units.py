@@ -202,3 +202,13 @@ def test_tangent_frame_offsets_map_normal_to_local_normal():
     eye = torch.eye(3).expand_as(M)
     assert torch.allclose(M @ M.transpose(-1, -2), eye, atol=1e-5)  # a rotation
     assert torch.allclose(M[..., 1], torch.tensor([0.0, 1.0, 0.0]).expand(len(M), 3), atol=1e-5)  # normal -> local y
+
+
+def test_deform_unet_runs_wholly_on_the_frames_device():
+    """Every tensor the U-Net makes in forward follows its input's device (the CUDA fit once failed here).
+
+    The meta device stands in for CUDA: mixing a CPU tensor into a meta computation raises, as on a GPU.
+    """
+    net = DeformUNet(resolution=16, channels=4, depth=2, num_frames=9).to("meta")
+    out = net(torch.tensor([0, 4, 8], device="meta"))
+    assert out.device.type == "meta" and out.shape == (3, 3, 16, 16)
