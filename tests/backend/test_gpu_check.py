@@ -171,3 +171,10 @@ def test_cpu_smoke_runs_the_command_end_to_end_and_writes_json_and_table(tmp_pat
     table = (tmp_path / (js.stem + ".md")).read_text()
     assert "| bf16 matmul 8192³ (best of 3) |" in table and "CAP4D forward" in table
     assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_gradient_agreement_scales_its_absolute_tolerance_with_the_gradient():
+    g = torch.tensor([800.0, -300.0, 0.0])
+    assert bool(sections.gradients_agree(g + torch.tensor([0.03, -0.03, 0.05]), g).all())  # float32 order noise
+    assert not bool(sections.gradients_agree(g + torch.tensor([0.0, 0.0, 0.5]), g).all())  # a real error
+    assert not bool(sections.gradients_agree(g * 1.05, g).all())  # 5 % off: beyond rtol
