@@ -60,7 +60,7 @@ def render_table(result: dict[str, Any]) -> str:
         ", ".join(f"{s['cfg_passes']} uncond. passes {_gb(s['peak_memory_bytes'])} in {s['seconds']} s"
                   for s in steps) if steps else (_status_line(sa) or "not run"))
     cap = sec.get("cap4d", {})
-    row("CAP4D forward", _status_line(cap) or f"`{cap.get('result')}`")
+    row("CAP4D forward", _status_line(cap) or _cap4d_line(cap.get("result") or {}))
     rd = sec.get("render", {})
     if rd.get("status") == "ok":
         f = rd["forward_max_abs_diff"]
@@ -119,3 +119,13 @@ def merge(json_path: Path, docs_dir: Path, md_path: Path) -> Path:
         text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
     write_text_atomic(md_path, text)
     return md_path
+
+
+def _cap4d_line(r: dict) -> str:
+    """One CFG forward of the MMDM UNet as ``backend.cap4d.bench.bench_cap4d`` reports it."""
+    try:
+        return (f"{r['seconds_per_forward']:.3f} s per CFG forward (2 × {r['views']} views, {r['res']}², {r['dtype']}, "
+                f"{r['size']} size, attention {r['attention']}), {r['achieved_tflops']:.1f} TFLOP/s = "
+                f"{100 * r['fraction_of_matmul']:.0f} % of matmul, peak {r['peak_memory_bytes'] / 1e9:.1f} GB")
+    except (KeyError, TypeError, ValueError):
+        return f"`{r}`"
