@@ -235,3 +235,18 @@ def publish_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_folder(path: str | os.PathLike, ours: set[str] | frozenset[str]) -> Path:
+    """Refuse (``OUTPUT_EXISTS``) a folder we are about to write fixed file names into unless it is
+    missing, empty, or holds only entries with those names (an earlier run of the same command)."""
+    p = Path(path)
+    if p.is_symlink() or (p.exists() and not p.is_dir()):
+        raise MVP4DError("OUTPUT_EXISTS", f"{p} already exists and is not a folder",
+                         "Choose a new or empty output folder; nothing was changed.")
+    foreign = sorted(e.name for e in p.iterdir() if e.name not in ours and not PARTIAL_RE.match(e.name)) \
+        if p.is_dir() else []
+    if foreign:
+        raise MVP4DError("OUTPUT_EXISTS", f"{p} is not empty and holds files this command did not write "
+                         f"({foreign[0]!r} ...)", "Choose a new or empty output folder; nothing was changed.")
+    return p

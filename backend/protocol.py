@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ERROR_CODES, MVP4DError
-from .jobpaths import check_name, confine, name_key, split_rel
+from .jobpaths import check_name, confine, name_key, safe_name, split_rel  # noqa: F401 - safe_name: add-on
 
 SCHEMA_VERSION = 1
 

@@ -173,7 +173,7 @@ def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame):
     assert b.metadata["settings"]["iterations"] == 20 and b.metadata["generator"]["name"] == "projection"
     out = job / "outputs"
     assert (out / "avatar.ply").stat().st_size > 0 and (out / "avatar_animated.ply").stat().st_size > 0
-    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{t:04d}.ply" for t in range(5)]
+    assert sorted(p.name for p in (out / "frames").glob("*.ply")) == [f"{t:04d}.ply" for t in range(5)]
     assert (job / "stages" / "fit" / "fit.safetensors").is_file()
     events = [Event.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
     assert any(e.type == "preview" and e.path == "outputs/avatar_preview.png" for e in events)
