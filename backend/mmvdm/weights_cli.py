@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "build":
             import torch
 
+            from ..fsutil import check_output_folder
+
+            check_output_folder(args.out, frozenset())  # a new or empty folder, checked before the long build
+
             from .weights import build_mmvdm_from_cogvideox
 
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]

@@ -253,7 +253,7 @@ def run_cfg_ablation(out: str | Path, settings: ExperimentSettings, *, log: Call
     if not (vae_dir / "config.json").is_file() or not stats_path.is_file():
         vstats = train_vae(TrainingDataset(train_root), vae_dir, steps=s.vae_steps, size=s.size, seed=s.seed,
                            config=small_vae_config(named_transformer(s.transformer)["in_channels"], s.vae_width),
-                           log=say)
+                           log=say, replace=True)  # the experiment's own folder (a killed run's VAE)
         write_json_atomic(stats_path, vstats)
     vstats = json.loads(stats_path.read_text())
     times["vae_s"] = round(time.time() - t0, 1)

@@ -78,7 +78,7 @@ def test_tiny_fit_reaches_quality_on_heldout_cameras_and_frames(tiny_job, flame)
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_job, flame, tmp_path):
     corpus, shape = tiny_job / "stages" / "corpus", _shape(tiny_job, flame)
     straight: dict[int, float] = {}
-    fit_avatar(corpus, flame, shape, _quick(), on_step=lambda i, m, f: straight.setdefault(i, m["loss"]))
+    whole = fit_avatar(corpus, flame, shape, _quick(), on_step=lambda i, m, f: straight.setdefault(i, m["loss"]))
 
     calls = {"n": 0}
 
@@ -98,6 +98,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_job, flame, tmp
     for i in resumed:
         assert resumed[i] == straight[i], i  # bit for bit: every tensor and the RNG are restored
     assert res.iterations == 12
+    assert res.stats["train_psnr"] == whole.stats["train_psnr"]  # the reported mean spans the stop too
     assert json.loads((tmp_path / "fit.json").read_text())["iteration"] == 12
 
 
