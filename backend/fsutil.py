@@ -201,8 +201,8 @@ def publish_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     Each file is replaced with ``os.replace`` (atomic); the marker lists old and new files while the
     swap runs, so an interrupted swap is still recognised as ours and finished by the next export.
     """
-    path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    path = Path(path)  # a link to a folder that the user names is that folder (their choice, like cp)
+    if (path.is_symlink() and not path.exists()) or (path.exists() and not path.is_dir()):
         raise MVP4DError("OUTPUT_EXISTS", f"{path} already exists and is not a folder",
                          "Choose a folder path for this export; nothing was changed.")
     owned = _owned_files(path) if path.is_dir() else None
@@ -241,7 +241,7 @@ def check_output_folder(path: str | os.PathLike, ours: set[str] | frozenset[str]
     """Refuse (``OUTPUT_EXISTS``) a folder we are about to write fixed file names into unless it is
     missing, empty, or holds only entries with those names (an earlier run of the same command)."""
     p = Path(path)
-    if p.is_symlink() or (p.exists() and not p.is_dir()):
+    if (p.is_symlink() and not p.exists()) or (p.exists() and not p.is_dir()):
         raise MVP4DError("OUTPUT_EXISTS", f"{p} already exists and is not a folder",
                          "Choose a new or empty output folder; nothing was changed.")
     foreign = sorted(e.name for e in p.iterdir() if e.name not in ours and not PARTIAL_RE.match(e.name)) \

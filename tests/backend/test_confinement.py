@@ -338,12 +338,22 @@ def test_publish_dir_refuses_a_users_folder_unless_overwrite_and_then_deletes_no
         (tmp / "0000.ply").write_text("ours")
         (tmp / "0001.ply").write_text("ours")
     assert (user / "thesis.pdf").read_bytes() == b"years of work" and (user / "0000.ply").read_text() == "ours"
-    for bad in (tmp_path / "file.txt", tmp_path / "link"):  # a file or a link where the folder should be
-        (tmp_path / "file.txt").write_text("x") if bad.name == "file.txt" else bad.symlink_to(user)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "filelink").symlink_to(tmp_path / "file.txt")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for bad in ("file.txt", "filelink", "dangling"):  # a file, a link to one, a dangling link: never a folder
         with pytest.raises(MVP4DError, match="not a folder"):
-            with publish_dir(bad, overwrite=True):
+            with publish_dir(tmp_path / bad, overwrite=True):
                 pass
-    assert (tmp_path / "file.txt").read_text() == "x" and (user / "thesis.pdf").exists()
+    assert (tmp_path / "file.txt").read_text() == "x" and not (tmp_path / "nowhere").exists()
+    other = tmp_path / "Pictures"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"meow")
+    (tmp_path / "dirlink").symlink_to(other)  # a link the user gives to their folder is that folder
+    with pytest.raises(MVP4DError, match="not empty"):
+        with publish_dir(tmp_path / "dirlink"):
+            pass
+    assert snapshot(other) == {"cat.jpg": b"meow"}
 
 
 def test_single_file_outputs_are_not_overwritten_without_overwrite(tmp_path):
