@@ -5,6 +5,10 @@ A job folder (DESIGN.md, "Job folder") holds ``job.json``, ``inputs/``, ``events
 ``stages/<name>/done.json`` exists, and a finished stage is never redone. Inside a stage, work is
 checkpointed in units that are written atomically (e.g. one view of the corpus), so a stopped job
 resumes at the first unfinished unit. Later issues append stages (fit, export) to :data:`STAGES`.
+
+One process runs a job at a time (``job.lock``, :mod:`backend.joblock`); every path inside the job is
+derived through :func:`backend.jobpaths.confine`, and a run refuses a job holding a link that leads
+out of it (docs/reliability.md).
 """
 
 from __future__ import annotations
