@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import MVP4DError
-from .jobpaths import confine
+from .jobpaths import check_own_file, confine
 
 LOCK_NAME = "job.lock"
 
@@ -92,6 +92,11 @@ class JobLock:
         except OSError as e:
             raise MVP4DError("BAD_INPUT", f"cannot open the job's lock file {self.path}: {e.strerror or e}",
                              "Check the job folder is writable (and job.lock is a plain file).") from e
+        try:
+            check_own_file(self.path, LOCK_NAME)  # it is rewritten in place: no other names for it
+        except MVP4DError:
+            os.close(fd)
+            raise
         try:
             locked = _try_lock(fd)
         except OSError as e:

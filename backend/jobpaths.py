@@ -140,6 +140,19 @@ def confine(root: str | os.PathLike, rel: str = "", *names: str, where: str = "p
 
 
 
+def check_own_file(path: Path, where: str) -> Path:
+    """Refuse a file we append to or rewrite in place (``events.jsonl``, ``job.lock``) when it has other
+    hard links: the other names could be anyone's file, which the write would change too."""
+    try:
+        links = os.stat(path, follow_symlinks=False).st_nlink
+    except FileNotFoundError:
+        return path
+    if links > 1:
+        raise _fail(where, f"has {links - 1} other hard link(s); the backend writes only its own files",
+                    f"Delete {path} (the backend makes a new one).")
+    return path
+
+
 def check_tree(root: str | os.PathLike) -> None:
     """Refuse (``BAD_INPUT`` naming it) any symbolic link under ``root`` that resolves outside it.
 
@@ -166,4 +179,4 @@ def check_tree(root: str | os.PathLike) -> None:
 
 
 __all__ = ["MAX_NAME_BYTES", "name_problem", "check_name", "name_key", "safe_name", "split_rel", "confine",
-           "is_inside", "check_tree"]
+           "is_inside", "check_own_file", "check_tree"]

@@ -28,7 +28,7 @@ from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
 from .events import CancelToken, EventSink
 from .fsutil import PARTIAL_RE, atomic_path, remove_inside, remove_partials, write_json_atomic, write_text_atomic
 from .joblock import LOCK_NAME, JobLock
-from .jobpaths import check_tree, confine
+from .jobpaths import check_own_file, check_tree, confine
 from .protocol import InputsSpec, JobSpec
 
 
@@ -241,7 +241,7 @@ def _open_job(job_dir: Path, sink: EventSink | None) -> tuple[EventSink, JobLock
     """Take the job's lock, then open its event log (confined: a link out of the job is refused)."""
     if not job_dir.is_dir() or not (job_dir / "job.json").is_file():
         JobSpec.load(job_dir)  # BAD_INPUT naming the folder; nothing is created in a folder that holds no job
-    events = confine(job_dir, "events.jsonl", where="events.jsonl")
+    events = check_own_file(confine(job_dir, "events.jsonl", where="events.jsonl"), "events.jsonl")
     lock = JobLock(job_dir).acquire()
     return sink or EventSink(events), lock
 

@@ -431,6 +431,17 @@ def test_lock_file_link_out_is_refused(world):
     assert (outside / "precious.txt").read_text() == "user data"
 
 
+@pytest.mark.parametrize("name", ["events.jsonl", LOCK_NAME])
+def test_files_written_in_place_may_not_be_hard_links_to_a_users_file(world, name, capfd):
+    job, outside = world
+    (job / name).unlink(missing_ok=True)
+    os.link(outside / "precious.txt", job / name)  # same inode: appending or truncating would change theirs
+    ran: list[str] = []
+    assert run_job(job, stages=[_runner_stage(ran)]) == 1
+    assert "hard link" in capfd.readouterr().out and ran == []
+    assert (outside / "precious.txt").read_text() == "user data"
+
+
 def test_names_fit_under_the_filesystem_limit_with_our_temporary_affixes(tmp_path):
     name = "\u00e9" * (MAX_NAME_BYTES // 2)  # the longest accepted name, two bytes per character
     with atomic_dir(tmp_path / check_name(name)) as tmp:
