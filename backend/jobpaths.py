@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import unicodedata
 from pathlib import Path
 
@@ -141,12 +142,16 @@ def confine(root: str | os.PathLike, rel: str = "", *names: str, where: str = "p
 
 
 def check_own_file(path: Path, where: str) -> Path:
-    """Refuse a file we append to or rewrite in place (``events.jsonl``, ``job.lock``) when it has other
-    hard links: the other names could be anyone's file, which the write would change too."""
+    """Refuse a file we append to or rewrite in place (``events.jsonl``, ``job.lock``) unless it is a
+    regular file with no other hard links: the other names could be anyone's file, which the write
+    would change too (links leaving the job were refused by :func:`confine` before)."""
     try:
-        links = os.stat(path, follow_symlinks=False).st_nlink
+        st = os.stat(path)
     except FileNotFoundError:
         return path
+    if not stat.S_ISREG(st.st_mode):  # a pipe would block the first write forever; a folder cannot be appended to
+        raise _fail(where, "is not a regular file", f"Remove {path} (the backend makes a new one).")
+    links = st.st_nlink
     if links > 1:
         raise _fail(where, f"has {links - 1} other hard link(s); the backend writes only its own files",
                     f"Delete {path} (the backend makes a new one).")
@@ -154,7 +159,8 @@ def check_own_file(path: Path, where: str) -> Path:
 
 
 def check_tree(root: str | os.PathLike) -> None:
-    """Refuse (``BAD_INPUT`` naming it) any symbolic link under ``root`` that resolves outside it.
+    """Refuse (``BAD_INPUT`` naming it) any symbolic link under ``root`` that resolves outside it, and
+    any entry that is neither a file, a folder nor a link (pipes, sockets, devices).
 
     Run on a job folder before a run: with no link leading out, every path derived inside the
     job by :func:`confine` or from fixed names stays inside it, however deep. Links that stay
@@ -176,6 +182,9 @@ def check_tree(root: str | os.PathLike) -> None:
                                     "Remove the link (the backend reads and writes only inside the job folder).")
                 elif entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
+                elif not entry.is_file(follow_symlinks=False):  # a FIFO would hang a read or write forever
+                    raise _fail(os.path.relpath(entry.path, base), "is not a regular file or folder (a pipe, "
+                                "socket or device)", "Remove it: a job folder holds only files and folders.")
 
 
 __all__ = ["MAX_NAME_BYTES", "name_problem", "check_name", "name_key", "safe_name", "split_rel", "confine",

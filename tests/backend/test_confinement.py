@@ -147,6 +147,18 @@ def test_check_tree_finds_a_deep_link_out(world):
         check_tree(job)
 
 
+@pytest.mark.parametrize("where", ["events.jsonl", "inputs/reference.png", "stages/corpus/views/key00/0000.png"])
+def test_a_pipe_in_the_job_is_refused_instead_of_hanging(world, where, capfd):
+    job, _ = world
+    p = job / where
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.unlink(missing_ok=True)
+    os.mkfifo(p)
+    ran: list[str] = []
+    assert run_job(job, stages=[_runner_stage(ran)]) == 1  # the job's own sink: it must not open the pipe
+    assert f"{where} is not a regular file" in _last_error(job, capfd).message and ran == []
+
+
 def _last_error(job: Path, capfd) -> Event:
     """The run's last error event, from stdout or, when it is a plain file, the job's log."""
     lines = capfd.readouterr().out.splitlines()
