@@ -45,9 +45,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from .tracking import track_image
+    from .fsutil import check_output_folder
+    from .tracking import TRACK_FILES, track_image
 
     out = Path(args.out)
+    try:  # the folder is the user's: write into it only when it is new, empty or an earlier track's
+        check_output_folder(out, {*TRACK_FILES.values(), "events.jsonl"})
+    except MVP4DError as e:
+        EventSink(None, stream=sys.stdout).error(e, stage="track")
+        return EXIT_ERROR
     sink = EventSink(out / "events.jsonl")
     try:
         sink.stage("track", "start")
@@ -114,13 +120,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: astronaut photo, toy head, projection generator."""
+    import tempfile
+
     from .tracking.image import default_reference_image, save_png_atomic
 
-    out = Path(args.out)
-    image = out.parent / f".{out.name}-astronaut.png"
-    if not image.exists():
+    with tempfile.TemporaryDirectory(prefix="mvp4d-demo-") as tmp:  # never next to the job: not ours
+        image = Path(tmp) / "astronaut.png"
         save_png_atomic(image, default_reference_image())
-    return _create_and_run(args, image, until=None)
+        return _create_and_run(args, image, until=None)
 
 
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.

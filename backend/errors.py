@@ -25,6 +25,8 @@ ERROR_CODES: dict[str, str] = {
     ),
     "OUT_OF_MEMORY": "Choose a lower VRAM preset or a smaller quality preset.",
     "CANCELLED": "Run the job again to resume where it stopped.",
+    "JOB_LOCKED": "Another backend process is running this job; wait for it to finish or cancel it first.",
+    "OUTPUT_EXISTS": "Choose a new output path, or pass --overwrite; nothing was changed.",
     "INTERNAL": "This is a bug; please report it with the job's events.jsonl.",
 }
 

@@ -5,11 +5,16 @@ A job folder (DESIGN.md, "Job folder") holds ``job.json``, ``inputs/``, ``events
 ``stages/<name>/done.json`` exists, and a finished stage is never redone. Inside a stage, work is
 checkpointed in units that are written atomically (e.g. one view of the corpus), so a stopped job
 resumes at the first unfinished unit. Later issues append stages (fit, export) to :data:`STAGES`.
+
+One process runs a job at a time (``job.lock``, :mod:`backend.joblock`); every path inside the job is
+derived through :func:`backend.jobpaths.confine`, and a run refuses a job holding a link that leads
+out of it (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -21,8 +26,10 @@ from typing import Any
 
 from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
 from .events import CancelToken, EventSink
-from .fsutil import remove_partials, write_json_atomic, write_text_atomic
-from .protocol import InputsSpec, JobSpec, resolve_job_path
+from .fsutil import PARTIAL_RE, atomic_path, remove_inside, remove_partials, write_json_atomic, write_text_atomic
+from .joblock import LOCK_NAME, JobLock
+from .jobpaths import check_own_file, check_tree, confine
+from .protocol import InputsSpec, JobSpec
 
 
 @dataclass
@@ -40,8 +47,9 @@ class StageContext:
     def stage_dir(self) -> Path:
         return stage_dir(self.job_dir, self.stage)
 
-    def path(self, rel: str) -> Path:
-        return resolve_job_path(self.job_dir, rel)
+    def path(self, rel: str, *names: str, where: str | None = None) -> Path:
+        """``job_dir/rel/names...`` through the confinement (:func:`backend.jobpaths.confine`)."""
+        return confine(self.job_dir, rel, *names, where=where or "/".join((rel, *names)))
 
     def progress(self, done: int, total: int) -> None:
         self.sink.progress(self.stage, done, total)
@@ -57,11 +65,17 @@ class Stage:
 
 
 def stage_dir(job_dir: Path, name: str) -> Path:
-    return Path(job_dir) / "stages" / name
+    """``stages/<name>`` of the job, confined (a link that leaves the job is refused)."""
+    return confine(job_dir, "stages", name, where=f"stages/{name}")
+
+
+def done_file(job_dir: Path, name: str) -> Path:
+    """``stages/<name>/done.json``: it exists once the stage is finished (confined like every job path)."""
+    return confine(job_dir, "stages", name, "done.json", where=f"stages/{name}/done.json")
 
 
 def stage_done(job_dir: Path, name: str) -> bool:
-    return (stage_dir(job_dir, name) / "done.json").is_file()
+    return done_file(job_dir, name).is_file()
 
 
 def _default_stages() -> list[Stage]:
@@ -80,19 +94,21 @@ def create_job(
     """Create (or reuse) a job folder: copy inputs under ``inputs/`` and write ``job.json``.
 
     If the folder already holds a job with the same spec, it is reused so the run resumes.
-    A folder holding a *different* job is refused rather than overwritten.
+    A folder holding a *different* job, or anything else, is refused before anything is written
+    (a folder left by an interrupted creation, holding only our inputs, is taken up again).
+    Creation runs under the job lock, so two commands creating the same job cannot interleave.
     """
     job_dir = Path(job_dir)
     src = Path(reference_image)
     if not src.is_file():
         raise bad_input(f"reference image {src} does not exist or is not a file", "Pass an existing image file.")
     spec = spec or JobSpec(inputs=InputsSpec(reference_image=""))
-    spec.inputs.reference_image = f"inputs/reference{src.suffix.lower() or '.png'}"
+    spec.inputs.reference_image = f"inputs/reference{_suffix(src, '.png')}"
     if animation_file is not None:
         anim = Path(animation_file)
         if not anim.is_file():
             raise bad_input(f"animation file {anim} does not exist", "Pass an .npz of FLAME parameters.")
-        spec.animation.source = f"inputs/animation{anim.suffix.lower()}"
+        spec.animation.source = f"inputs/animation{_suffix(anim, '.npz')}"
     spec = JobSpec.from_json(spec.to_json())  # validate what we are about to write
     if spec.generator.name == "cap4d" and spec.inputs.flame_model == "toy":
         raise MVP4DError("FLAME_REQUIRED", "the CAP4D generator needs the real FLAME model; the embedded toy head "
@@ -100,27 +116,55 @@ def create_job(
     from .avatar.settings import FitSettings
 
     FitSettings.from_json(spec.fit, spec.cameras.preset)  # a bad "fit" block fails now, not after the corpus
-    existing = job_dir / "job.json"
-    if existing.is_file():
-        old = JobSpec.load(job_dir)
-        if old.to_json() != spec.to_json() or not _same_file(src, job_dir / spec.inputs.reference_image):
-            raise bad_input(
-                f"{job_dir} already holds a different job",
-                "Choose an empty output folder, or run 'python -m backend run DIR' to resume that job.",
-            )
-        return old
-    if job_dir.exists() and any(job_dir.iterdir()):
-        raise bad_input(f"{job_dir} is not empty and holds no job.json", "Choose an empty output folder.")
-    (job_dir / "inputs").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, job_dir / spec.inputs.reference_image)
-    if animation_file is not None:
-        shutil.copyfile(animation_file, job_dir / spec.animation.source)
-    write_text_atomic(job_dir / "job.json", spec.dumps() + "\n")
+    if job_dir.exists() and not job_dir.is_dir():
+        raise bad_input(f"{job_dir} exists and is not a folder", "Choose a new or empty output folder.")
+    if not (job_dir / "job.json").is_file():
+        _check_fresh(job_dir)  # before the lock file is made: a user's folder gets nothing of ours
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with JobLock(job_dir):
+        if confine(job_dir, "job.json", where="job.json").is_file():
+            old = JobSpec.load(job_dir)
+            ref = confine(job_dir, spec.inputs.reference_image, where="job.json: inputs.reference_image")
+            if old.to_json() != spec.to_json() or not _same_file(src, ref):
+                raise bad_input(
+                    f"{job_dir} already holds a different job",
+                    "Choose an empty output folder, or run 'python -m backend run DIR' to resume that job.",
+                )
+            return old
+        _check_fresh(job_dir)
+        copies = [(src, spec.inputs.reference_image)]
+        if animation_file is not None:
+            copies.append((Path(animation_file), spec.animation.source))
+        for source, rel in copies:
+            with atomic_path(confine(job_dir, rel, where=rel)) as tmp:
+                shutil.copyfile(source, tmp)
+        write_text_atomic(confine(job_dir, "job.json", where="job.json"), spec.dumps() + "\n")  # last: the job exists
     return spec
+
+
+def _suffix(path: Path, default: str) -> str:
+    """The input's extension for its copy's name when it is a plain one (``.png``, ``.jpg``), else ``default``."""
+    s = path.suffix.lower()
+    return s if re.fullmatch(r"\.[a-z0-9]{1,10}", s) else default
 
 
 def _same_file(a: Path, b: Path) -> bool:
     return b.is_file() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+def _check_fresh(job_dir: Path) -> None:
+    """Refuse a non-empty folder unless all it holds is what an interrupted :func:`create_job` leaves."""
+    if not job_dir.is_dir():
+        return
+    for entry in job_dir.iterdir():
+        if entry.name == LOCK_NAME and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name == "inputs" and entry.is_dir() and not entry.is_symlink() and all(
+            re.fullmatch(r"(reference|animation)\.[a-z0-9]{1,10}", f.name) or PARTIAL_RE.match(f.name)
+            for f in entry.iterdir()
+        ):
+            continue
+        raise bad_input(f"{job_dir} is not empty and holds no job.json", "Choose an empty output folder.")
 
 
 def run_job(
@@ -131,16 +175,29 @@ def run_job(
     sink: EventSink | None = None,
     cancel: CancelToken | None = None,
 ) -> int:
-    """Run (or resume) a job; return the process exit code. Errors become ``error`` events."""
+    """Run (or resume) a job; return the process exit code. Errors become ``error`` events.
+
+    The run holds the job's lock (:class:`~backend.joblock.JobLock`) from start to end; a second
+    run of the same job ends at once with ``JOB_LOCKED``. Under the lock, temporaries left by an
+    interrupted run anywhere in the job are removed first.
+    """
     job_dir = Path(job_dir)
-    sink = sink or EventSink(job_dir / "events.jsonl")
+    try:
+        sink, lock = _open_job(job_dir, sink)
+    except MVP4DError as e:  # on stdout only: the job's log may be another run's, or lead outside the job
+        (sink or EventSink(None, stream=sys.stdout)).error(e)
+        return EXIT_ERROR
     cancel = cancel or CancelToken(job_dir / "cancel")
     stages = list(stages) if stages is not None else _default_stages()
     current: str | None = None
     try:
         spec = JobSpec.load(job_dir)
         spec.check_paths(job_dir)
-        (job_dir / "cancel").unlink(missing_ok=True)  # a new run clears an old cancel request
+        check_tree(job_dir)  # no link leads out of the job, so nothing derived inside it can
+        _clear_cancel_request(job_dir)
+        removed = remove_partials(job_dir, recursive=True)
+        if removed:
+            sink.log(f"removed {removed} temporary file(s) left by an interrupted run")
         cache: dict[str, Any] = {}
         outputs: dict[str, str] = {}
         for st in stages:
@@ -152,13 +209,12 @@ def run_job(
                 sink.stage(st.name, "start")
                 sdir = stage_dir(job_dir, st.name)
                 sdir.mkdir(parents=True, exist_ok=True)
-                remove_partials(sdir)
                 t0 = time.time()
                 ctx = StageContext(job_dir, spec, sink, cancel, st.name, cache)
                 produced = st.run(ctx)
-                write_json_atomic(sdir / "done.json", {"seconds": round(time.time() - t0, 3), "outputs": produced})
+                write_json_atomic(done_file(job_dir, st.name), {"seconds": round(time.time() - t0, 3), "outputs": produced})
                 sink.stage(st.name, "end")
-            outputs.update(json.loads((stage_dir(job_dir, st.name) / "done.json").read_text())["outputs"])
+            outputs.update(json.loads(done_file(job_dir, st.name).read_text())["outputs"])
             if until is not None and st.name == until:
                 break
         current = None
@@ -180,3 +236,26 @@ def run_job(
             traceback.print_exc(file=sys.stderr)
             sink.error(MVP4DError("INTERNAL", f"{type(e).__name__}: {e}"), stage=current)
         return EXIT_ERROR
+    finally:
+        lock.release()
+
+
+def _open_job(job_dir: Path, sink: EventSink | None) -> tuple[EventSink, JobLock]:
+    """Take the job's lock, then open its event log (confined: a link out of the job is refused)."""
+    if not job_dir.is_dir() or not (job_dir / "job.json").is_file():
+        JobSpec.load(job_dir)  # BAD_INPUT naming the folder; nothing is created in a folder that holds no job
+    events = check_own_file(confine(job_dir, "events.jsonl", where="events.jsonl"), "events.jsonl")
+    lock = JobLock(job_dir).acquire()
+    return sink or EventSink(events), lock
+
+
+def _clear_cancel_request(job_dir: Path) -> None:
+    """A new run clears an old cancel request (a file, or a link: removed as a link)."""
+    p = job_dir / "cancel"
+    if p.is_symlink() or p.is_file():
+        remove_inside(p, job_dir)
+    elif p.is_dir():
+        try:
+            p.rmdir()
+        except OSError as e:
+            raise bad_input(f"{p} is a folder that is not empty", "Remove it: a 'cancel' entry stops the job.") from e

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ERROR_CODES, MVP4DError
+from .jobpaths import check_name, confine, name_key, safe_name, split_rel  # noqa: F401 - safe_name: add-on
 
 SCHEMA_VERSION = 1
 
@@ -174,24 +175,14 @@ def _str(v: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
 
 
 def _rel_path(v: Any, where: str) -> str:
-    """A path relative to the job folder that cannot leave it (checked lexically here)."""
-    s = _str(v, where)
-    p = Path(s)
-    if p.is_absolute() or s.startswith(("/", "\\")) or (len(s) > 1 and s[1] == ":"):
-        raise _fail(where, f"must be relative to the job folder (got {s!r})")
-    if ".." in p.parts:
-        raise _fail(where, f"may not leave the job folder (got {s!r})")
-    return s
+    """A path relative to the job folder that cannot leave it: safe components only (lexical check)."""
+    split_rel(v, where)
+    return v
 
 
 def resolve_job_path(job_dir: str | os.PathLike, rel: str, where: str = "path") -> Path:
     """Resolve ``rel`` inside ``job_dir``; refuse anything (symlinks included) that leaves it."""
-    _rel_path(rel, where)
-    root = Path(job_dir).resolve()
-    full = (root / rel).resolve()
-    if full != root and root not in full.parents:
-        raise _fail(where, f"may not leave the job folder (resolves to {full})")
-    return full
+    return confine(job_dir, rel, where=where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ class CameraSpec:
         if not isinstance(key, bool):
             raise _fail(f"{where}.key", "must be true or false")
         return cls(
-            name=_str(d["name"], f"{where}.name"),
+            name=check_name(d["name"], f"{where}.name"),  # it names the view's folder
             width=_int(d["width"], f"{where}.width", minimum=8),
             height=_int(d["height"], f"{where}.height", minimum=8),
             fx=_num(d["fx"], f"{where}.fx", positive=True),
@@ -314,10 +305,12 @@ class CamerasSpec:
             if not cams:
                 raise _fail(f"{where}.cameras", "is empty: the camera ring needs at least one camera")
             cams = [CameraSpec.from_json(c, f"{where}.cameras[{i}]") for i, c in enumerate(cams)]
-            names = [c.name for c in cams]
-            dup = next((n for n in names if names.count(n) > 1), None)
-            if dup is not None:
-                raise _fail(f"{where}.cameras", f"has two cameras named {dup!r}")
+            seen: dict[str, int] = {}
+            for i, c in enumerate(cams):  # "Cam" and "cam" are one folder on macOS and Windows
+                j = seen.setdefault(name_key(c.name), i)
+                if j != i:
+                    raise _fail(f"{where}.cameras[{i}].name", f"{c.name!r} names the same folder as "
+                                f"cameras[{j}].name {cams[j].name!r} (two cameras need two names)")
         return cls(preset=preset, resolution=res, cameras=cams)
 
 
@@ -459,7 +452,7 @@ class JobSpec:
 
     @classmethod
     def load(cls, job_dir: str | os.PathLike) -> "JobSpec":
-        path = Path(job_dir) / "job.json"
+        path = confine(job_dir, "job.json", where="job.json")  # a link out of the job is refused
         if not path.is_file():
             raise MVP4DError("BAD_INPUT", f"no job.json in {job_dir}", "Create the job with 'corpus' or the add-on.")
         return cls.loads(path.read_text(encoding="utf-8"))

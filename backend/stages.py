@@ -29,9 +29,10 @@ from .conditioning.crop import CROP_SCALE, crop_camera, crop_image, face_crop_bo
 from .errors import bad_input
 from .flame.io import load_flame
 from .flame.lbs import Flame, FlameParams
-from .fsutil import atomic_dir, write_json_atomic
+from .fsutil import atomic_dir, atomic_path, write_json_atomic
 from .generators import build_generator
 from .jobs import Stage, StageContext, stage_dir
+from .jobpaths import confine
 from .preview import contact_sheet
 from .protocol import JobSpec
 from .tracking import load_track, track_from_params, track_image
@@ -106,7 +107,7 @@ def reference_crop(
 
 
 def run_corpus(ctx: StageContext) -> dict[str, str]:
-    spec, flame, out = ctx.spec, _flame(ctx), ctx.stage_dir
+    spec, flame = ctx.spec, _flame(ctx)
     track = load_track(stage_dir(ctx.job_dir, "track"), flame_source=flame)
     matted = track.matted if track.matted is not None else load_image(ctx.path(spec.inputs.reference_image))
     num_frames, res = spec.num_frames, spec.resolution
@@ -126,14 +127,16 @@ def run_corpus(ctx: StageContext) -> dict[str, str]:
 
         frames = cap4d_frames(num_frames, len(ring), CAP4DSettings.from_spec(spec.generator, spec.cameras.preset).quality)
     crop, crop_cam, outcrop = reference_crop(flame, track.params, track.camera, matted, res)
-    save_png_atomic(out / "reference" / "image.png", crop)
-    save_png_atomic(out / "reference" / "outcrop.png", (outcrop * 255).astype(np.uint8))
-    write_json_atomic(out / "reference" / "camera.json", crop_cam.to_spec().__dict__)
-    _corpus_animation(seq, frames).save_npz(out / "animation.npz")
-    write_json_atomic(out / "cameras.json", [c.to_spec().__dict__ for c in ring.cameras])
-    write_json_atomic(out / "corpus.json", _manifest(spec, ring, num_frames if frames is None else len(frames)))
+    at = lambda rel: ctx.path(f"stages/corpus/{rel}")  # noqa: E731 - every path through the confinement
+    save_png_atomic(at("reference/image.png"), crop)
+    save_png_atomic(at("reference/outcrop.png"), (outcrop * 255).astype(np.uint8))
+    write_json_atomic(at("reference/camera.json"), crop_cam.to_spec().__dict__)
+    with atomic_path(at("animation.npz")) as tmp:
+        _corpus_animation(seq, frames).save_npz(tmp)
+    write_json_atomic(at("cameras.json"), [c.to_spec().__dict__ for c in ring.cameras])
+    write_json_atomic(at("corpus.json"), _manifest(spec, ring, num_frames if frames is None else len(frames)))
 
-    views = out / "views"
+    views = at("views")
     views.mkdir(exist_ok=True)
     if spec.generator.name == "mmvdm":
         _run_mmvdm(ctx, ring, vertices, flame, seq, track.params, crop_cam, crop, outcrop)
@@ -142,10 +145,10 @@ def run_corpus(ctx: StageContext) -> dict[str, str]:
     else:
         _run_per_view(ctx, ring, vertices, flame, track, matted)
     sheet = contact_sheet(
-        lambda v, f: load_image(views / ring.cameras[v].name / f"{f:04d}.png"),
+        lambda v, f: load_image(confine(views, "", ring.cameras[v].name, f"{f:04d}.png", where="camera name")),
         len(ring), num_frames if frames is None else len(frames), key_views=ring.key_indices,
     )
-    save_png_atomic(ctx.job_dir / PREVIEW_NAME, sheet)
+    save_png_atomic(ctx.path(PREVIEW_NAME), sheet)
     ctx.sink.preview(PREVIEW_NAME, stage=ctx.stage)
     return {"corpus": "stages/corpus", "corpus_preview": PREVIEW_NAME}
 
@@ -156,8 +159,8 @@ def _run_mmvdm(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flam
     from .generators.mmvdm import MMVDMGenerator
 
     gen = MMVDMGenerator.from_spec(ctx.spec.generator)  # WEIGHTS_MISSING/MISMATCH before any work
-    gen.generate(ring, vertices, flame, seq, ref_params, crop_cam, crop, out_views_dir=ctx.stage_dir / "views",
-                 state_dir=ctx.stage_dir / "mmvdm", progress=ctx.progress, check=ctx.cancel.check,
+    gen.generate(ring, vertices, flame, seq, ref_params, crop_cam, crop, out_views_dir=ctx.path("stages/corpus/views"),
+                 state_dir=ctx.path("stages/corpus/mmvdm"), progress=ctx.progress, check=ctx.cancel.check,
                  log=lambda m: ctx.sink.log(m, stage=ctx.stage), ref_outcrop=outcrop)
 
 
@@ -187,17 +190,18 @@ def _run_per_view(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, f
         ref_vertices = flame(track.params).vertices[0]
     generator = build_generator(ctx.spec.generator, faces=flame.model.faces, reference_vertices=ref_vertices,
                                 reference_camera=track.camera, reference_image=matted)
-    views = ctx.stage_dir / "views"
-    finished = [c.name for c in ring.cameras if (views / c.name).is_dir()]
+    views = ctx.path("stages/corpus/views")
+    folder = {c.name: confine(views, "", c.name, where=f"camera name {c.name!r}") for c in ring.cameras}
+    finished = [c.name for c in ring.cameras if folder[c.name].is_dir()]
     if finished:
         ctx.sink.log(f"resuming: {len(finished)} of {len(ring)} views already done", stage=ctx.stage)
     ctx.progress(len(finished), len(ring))
     for i, cam in enumerate(ring.cameras):
-        if (views / cam.name).is_dir():
+        if folder[cam.name].is_dir():
             continue
         ctx.cancel.check()
         frames = generator.render(vertices, cam, check=ctx.cancel.check)
-        with atomic_dir(views / cam.name) as tmp:
+        with atomic_dir(folder[cam.name]) as tmp:
             for f, img in enumerate(frames):  # the folder as a whole is atomic
                 Image.fromarray(img).save(tmp / f"{f:04d}.png", compress_level=1)
         finished.append(cam.name)

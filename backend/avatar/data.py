@@ -21,6 +21,7 @@ from PIL import Image
 from ..cameras import Camera, stack_K, stack_world_to_cam
 from ..errors import MVP4DError, bad_input
 from ..flame.lbs import Flame, FlameParams
+from ..jobpaths import confine
 from ..protocol import CameraSpec
 from ..render.raster import project_points, rasterize
 
@@ -43,8 +44,14 @@ class Corpus:
     _cache: dict = field(default_factory=dict)
 
     def path(self, view: int, frame: int) -> Path:
+        """A frame's file, confined to the corpus folder (``corpus.json`` is data, not trusted code)."""
         pattern = self.manifest.get("frame_pattern", "{frame:04d}.png")
-        return self.root / self.manifest["views"][view]["dir"] / pattern.format(frame=frame)
+        try:
+            name = str(pattern).format(frame=frame)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise bad_input(f"corpus.json: frame_pattern {pattern!r} is not a frame-number pattern ({e})",
+                            "Delete stages/corpus and run the corpus stage again.") from e
+        return confine(self.root, self.manifest["views"][view]["dir"], name, where=f"corpus.json: views[{view}]")
 
     def image(self, view: int, frame: int) -> torch.Tensor:
         """uint8 (H, W, 3) of a view's frame (cached when the corpus is small)."""
@@ -87,7 +94,7 @@ def load_corpus(corpus_dir: str | Path, flame: Flame, shape: torch.Tensor | None
     corpus = Corpus(root, cameras, [v["name"] for v in views], list(manifest.get("key_indices", [])), T,
                     float(manifest.get("fps", 24.0)), params, manifest, resolution)
     for v, view in enumerate(views):
-        folder = root / view["dir"]
+        folder = confine(root, view.get("dir"), where=f"corpus.json: views[{v}].dir")
         if not folder.is_dir():
             raise bad_input(f"the corpus is missing view {view['name']!r} (no folder {view['dir']})",
                             "Run the job again: the corpus stage regenerates missing views.")

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import EXIT_ERROR, MVP4DError
-from ..fsutil import atomic_dir, atomic_path
+from ..fsutil import atomic_path, check_new_file, publish_dir
 from .binding_np import local_to_world_np
 from .bundle import AvatarBundle, read_bundle
 
@@ -77,12 +77,15 @@ def export_ply(bundle: AvatarBundle, out_path: str | Path, frame: int = 0) -> Pa
 
 
 def export_ply_sequence(bundle: AvatarBundle, out_dir: str | Path,
-                        progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """One 3DGS PLY per frame, ``out_dir/NNNN.ply``; the folder appears complete or not at all."""
+                        progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> list[Path]:
+    """One 3DGS PLY per frame, ``out_dir/NNNN.ply``, built in a temporary sibling and swapped in by
+    :func:`~backend.fsutil.publish_dir`: a new folder appears complete or not at all; an earlier
+    export's folder has only its own files replaced; anyone else's non-empty folder is refused
+    (``OUTPUT_EXISTS``) unless ``overwrite``, and even then nothing but same-named files is replaced."""
     out_dir = Path(out_dir)
     T = bundle.num_frames
     names = [f"{t:04d}.ply" for t in range(T)]
-    with atomic_dir(out_dir) as tmp:
+    with publish_dir(out_dir, overwrite=overwrite) as tmp:
         for t, name in enumerate(names):
             (tmp / name).write_bytes(ply_bytes(bundle, t))
             if progress:
@@ -164,17 +167,20 @@ def export_cap4d_animated(bundle: AvatarBundle, out_path: str | Path, compress: 
 
 def export_bundle(bundle_path: str | Path, fmt: str, out_path: str | Path, frame: int = 0, compress: bool = True,
                   warn: Callable[[str], None] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
+                  progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> list[Path]:
     """Read ``bundle_path`` and export it as ``fmt`` (:data:`FORMATS`) to ``out_path`` (a file, or a
-    folder for ``ply-sequence``); returns the written paths."""
+    folder for ``ply-sequence``); returns the written paths. An existing file is replaced only with
+    ``overwrite`` (``OUTPUT_EXISTS`` otherwise, checked before any work); folders: :func:`export_ply_sequence`."""
     if fmt not in FORMATS:
         raise MVP4DError("BAD_INPUT", f"unknown export format {fmt!r}", f"Use one of: {', '.join(FORMATS)}.")
+    if fmt != "ply-sequence":
+        check_new_file(out_path, overwrite)
     bundle = read_bundle(bundle_path)
     try:
         if fmt == "ply":
             return [export_ply(bundle, out_path, frame)]
         if fmt == "ply-sequence":
-            return export_ply_sequence(bundle, out_path, progress)
+            return export_ply_sequence(bundle, out_path, progress, overwrite=overwrite)
         return [export_cap4d_animated(bundle, out_path, compress, warn)]
     except OSError as e:
         raise MVP4DError("BAD_INPUT", f"could not write {out_path}: {e.strerror or e}",
@@ -191,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output file (a folder for ply-sequence)")
     p.add_argument("--frame", type=int, default=0, help="frame for --format ply")
     p.add_argument("--no-compress", action="store_true", help="float32 vertex deltas in cap4d-animated")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file / add to a non-empty folder (other files are kept)")
     args = p.parse_args(argv)
     sink = EventSink(None, stream=sys.stdout)  # resolved now, so redirected stdout is honoured
     try:
         sink.stage("export", "start")
         paths = export_bundle(args.bundle, args.format, args.out, frame=args.frame, compress=not args.no_compress,
                               warn=lambda m: sink.warning(m, stage="export"),
-                              progress=lambda d, t: sink.progress("export", d, t))
+                              progress=lambda d, t: sink.progress("export", d, t), overwrite=args.overwrite)
         sink.stage("export", "end")
         out = Path(args.out)
         sink.done({args.format: str(out if args.format == "ply-sequence" else paths[0])})

@@ -149,6 +149,7 @@ class AvatarFitter:
             self.log(f"no LPIPS weights on this machine (${L.LPIPS_ENV}): the LPIPS term is skipped")
         self.iteration = 0
         self.last_checkpoint: int | None = None
+        self.psnr_window: list[float] = []  # last 50 training PSNRs: checkpointed, so a resumed fit reports the same
         if not self._resume():
             self._init()
         self.dstate = getattr(self, "dstate", None) or DensifyState(len(self.store), self.device)
@@ -230,6 +231,7 @@ class AvatarFitter:
         self.dstate.load(t)
         self.gen.set_state(t["rng"])
         self.iteration = self.last_checkpoint = int(info["iteration"])
+        self.psnr_window = [float(x) for x in info.get("psnr_window", [])]
         self.log(f"resuming from the checkpoint at iteration {self.iteration}")
         return True
 
@@ -245,7 +247,7 @@ class AvatarFitter:
         t["rng"] = self.gen.get_state()
         save_checkpoint(self.checkpoint_dir, t, {"iteration": self.iteration, "structure": self._structure(),
                                                  "num_gaussians": len(self.store), "settings": self.s.to_json(),
-                                                 **(extra or {})})
+                                                 "psnr_window": self.psnr_window, **(extra or {})})
         self.last_checkpoint = self.iteration
 
     # ---- one step ----------------------------------------------------------------------------------
@@ -368,7 +370,6 @@ def _fit(corpus_dir, flame, shape, s: FitSettings, progress, check, checkpoint_d
     log(f"fitting {len(f.store)} Gaussians to {len(f.corpus.cameras)} views x {len(f.train_frames)} frames, "
         f"{total} iterations")
     m: dict[str, Any] = {}
-    window: list[float] = []
     t_start, it_start = time.time(), f.iteration
     while f.iteration < total:
         try:
@@ -378,7 +379,7 @@ def _fit(corpus_dir, flame, shape, s: FitSettings, progress, check, checkpoint_d
             f.checkpoint()
             raise
         m = f.step()
-        window = (window + [m["psnr"]])[-50:]
+        f.psnr_window = window = (f.psnr_window + [m["psnr"]])[-50:]
         if on_step is not None:
             on_step(f.iteration, m, f)
         if f.iteration % s.log_every == 0 or f.iteration == total:
@@ -390,7 +391,7 @@ def _fit(corpus_dir, flame, shape, s: FitSettings, progress, check, checkpoint_d
         if s.checkpoint_every and f.iteration % s.checkpoint_every == 0:
             f.checkpoint()
     f.checkpoint()
-    stats = {"seconds": time.time() - t0, "train_psnr": sum(window) / len(window) if window else None,
+    stats = {"seconds": time.time() - t0, "train_psnr": sum(f.psnr_window) / len(f.psnr_window) if f.psnr_window else None,
              "num_gaussians": len(f.store), "iterations": f.iteration}
     return f.snapshot(stats)
 

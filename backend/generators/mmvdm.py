@@ -45,7 +45,6 @@ use on the GPU) | sequential (accelerate's per-layer offload, slowest, least mem
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -58,7 +57,8 @@ import torch
 from ..cameras import Camera, CameraRing
 from ..errors import MVP4DError, bad_input
 from ..flame import Flame, FlameParams
-from ..fsutil import write_json_atomic
+from ..fsutil import remove_inside, write_json_atomic
+from ..jobpaths import confine
 from ..mmvdm.plan import Pass, build_plan, check_plan, describe_plan
 from ..mmvdm.sampler import GUIDANCE_MODES, SAMPLERS, make_scheduler
 from .mmvdm_passes import PassRunner, pass_seed
@@ -420,9 +420,10 @@ class MMVDMGenerator:
             if old == fp:
                 return
             log("MMVDM settings changed since the last run: starting the MMVDM passes over")
-            shutil.rmtree(state_dir)
+            remove_inside(state_dir, state_dir.parent)  # our own checkpoints, re-checked before deletion
             for cam in ring.cameras:  # views of the old run must not mix with the new one
-                if (out_views_dir / cam.name).is_dir():
-                    shutil.rmtree(out_views_dir / cam.name)
+                view = confine(out_views_dir, "", cam.name, where=f"camera name {cam.name!r}")
+                if view.is_dir():
+                    remove_inside(view, out_views_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, fp)

@@ -23,6 +23,7 @@ from ..conditioning.maps import HeadGeometry, head_geometry, reference_condition
 from ..errors import MVP4DError
 from ..flame import FlameParams
 from ..fsutil import atomic_dir, atomic_path
+from ..jobpaths import confine
 from ..mmvdm.plan import Pass
 from ..mmvdm.sampler import _start_index, guidance_scale, mode_masks, sample, upsample_latents
 
@@ -200,7 +201,7 @@ class PassRunner:
         ws = p.window[0]
         for row, v in enumerate(p.views):
             name = self.ring.cameras[v].name
-            paths = [fdir / name / f"{f:04d}.png" for f in range(*p.frames)]
+            paths = [confine(fdir, "", name, f"{f:04d}.png", where="camera name") for f in range(*p.frames)]
             if all(q.is_file() for q in paths):
                 continue
             if self.check is not None:
@@ -215,12 +216,13 @@ class PassRunner:
         fdir = self.frames_dir(tag)
         for v in views:
             name = self.ring.cameras[v].name
-            if (self.out_dir / name).is_dir():
+            view = confine(self.out_dir, "", name, where=f"camera name {name!r}")
+            if view.is_dir():
                 continue
-            src = [fdir / name / f"{f:04d}.png" for f in range(F)]
+            src = [confine(fdir, "", name, f"{f:04d}.png", where="camera name") for f in range(F)]
             if not all(q.is_file() for q in src):
                 continue
-            with atomic_dir(self.out_dir / name) as tmp:
+            with atomic_dir(view) as tmp:
                 for f, q in enumerate(src):
                     if factor == 1:
                         shutil.copyfile(q, tmp / q.name)

@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.action in ("build", "init"):
             import torch
 
+            from ..fsutil import check_output_folder
             from .weights import build_mmvdm_from_cogvideox, init_random_mmvdm
+
+            check_output_folder(args.out, frozenset())  # a new or empty folder, checked before the long work
 
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
         if args.action == "init":

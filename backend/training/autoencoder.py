@@ -50,8 +50,11 @@ def _clips(data: MultiDataset | TrainingDataset, rng: np.random.Generator, views
 def train_vae(data: MultiDataset | TrainingDataset, out_dir: str | Path, *, steps: int = 400, size: int = 64,
               clip_frames: int = 9, images_per_step: int = 8, clip_every: int = 2, lr: float = 2e-3,
               kl_weight: float = 1e-6, seed: int = 0, config: dict[str, Any] | None = None,
-              time_budget_s: float | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train the stand-in VAE and save it to ``out_dir`` (atomic). Returns stats (steps, time, losses, scale)."""
+              time_budget_s: float | None = None, log: Callable[[str], None] | None = None,
+              replace: bool = False) -> dict[str, Any]:
+    """Train the stand-in VAE and save it to ``out_dir`` (atomic). Returns stats (steps, time, losses, scale).
+
+    An existing ``out_dir`` is replaced only with ``replace=True`` (its caller owns it), else ``OUTPUT_EXISTS``."""
     from diffusers import AutoencoderKLCogVideoX
 
     say = log or (lambda m: None)
@@ -96,7 +99,7 @@ def train_vae(data: MultiDataset | TrainingDataset, out_dir: str | Path, *, step
     scale = 1.0 / max(std, 1e-6)
     vae.register_to_config(scaling_factor=scale)
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=replace) as tmp:
         vae.save_pretrained(str(tmp), safe_serialization=True)
     stats = {"steps": done, "time_s": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-20:])),
              "scaling_factor": scale, "parameters": sum(p.numel() for p in vae.parameters())}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import MVP4DError
-from ..fsutil import atomic_dir, write_json_atomic
+from ..fsutil import atomic_dir, remove_inside, write_json_atomic
 
 __all__ = ["EMA", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
            "optimizer_to_safetensors", "optimizer_from_safetensors"]
@@ -145,7 +144,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
     """Write ``<run_dir>/checkpoints/step-<step>`` atomically; keep the newest ``keep`` (None: all)."""
     path = Path(run_dir) / "checkpoints" / f"step-{int(step):08d}"
     config = {k: v for k, v in dict(getattr(model, "config", {})).items() if not str(k).startswith("_")}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, replace=True) as tmp:  # a step saved again (after a resume) is ours to replace
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"), metadata={"config": json.dumps(config, default=str)})
         t, meta = optimizer_to_safetensors(optimizer)
@@ -156,7 +155,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         write_json_atomic(tmp / "state.json", {**state, "step": int(step), "time": time.time()})
     if keep:
         for _, old in list_checkpoints(run_dir)[:-int(keep)]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_inside(old, old.parent)
     return path
 
 

@@ -159,8 +159,7 @@ def image_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def generate_case(components, case: EvalCase, flame, out: Path, *, guidance: str, views: int, seed: int,
                   steps_key: int, steps_other: int) -> dict[str, Any]:
     """Run the real MMVDM plan for one held-out identity; returns metrics, plan size and time."""
-    import shutil
-
+    from ..fsutil import remove_inside
     from ..generators.mmvdm import MMVDMGenerator, MMVDMSettings
 
     it = case.item
@@ -168,8 +167,12 @@ def generate_case(components, case: EvalCase, flame, out: Path, *, guidance: str
     settings = MMVDMSettings(seed=seed, steps_key=steps_key, steps_other=steps_other, guidance=guidance,
                              sampler="joint", dtype="fp32", device="cpu", window_frames=49, context_frames=9)
     gen = MMVDMGenerator(settings=settings, components=components)
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists():  # our own earlier attempt at this case (views/ and state/ only), never anything else
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("views", "state"))
+        if foreign:
+            raise MVP4DError("OUTPUT_EXISTS", f"{out} holds files the experiment did not write ({foreign[0]!r})",
+                             "Move them away or choose another --out.")
+        remove_inside(out, out.parent)
     t0 = time.time()
     info = gen.generate(ring, case.vertices, flame, it.params, it.reference_params, it.reference_camera,
                         it.reference_image, out / "views", out / "state", ref_outcrop=it.reference_outcrop)
@@ -250,7 +253,7 @@ def run_cfg_ablation(out: str | Path, settings: ExperimentSettings, *, log: Call
     if not (vae_dir / "config.json").is_file() or not stats_path.is_file():
         vstats = train_vae(TrainingDataset(train_root), vae_dir, steps=s.vae_steps, size=s.size, seed=s.seed,
                            config=small_vae_config(named_transformer(s.transformer)["in_channels"], s.vae_width),
-                           log=say)
+                           log=say, replace=True)  # the experiment's own folder (a killed run's VAE)
         write_json_atomic(stats_path, vstats)
     vstats = json.loads(stats_path.read_text())
     times["vae_s"] = round(time.time() - t0, 1)

@@ -17,6 +17,7 @@ from mathutils import Matrix
 
 from ..io.cameras import (RING_LAYOUTS, OpenCVCamera, blender_from_opencv, custom_layout, opencv_from_blender,
                           ring_cameras, ring_framing)
+from .. import backend_link
 from . import rig as rigmod
 
 RING_COLLECTION = "MVP4D Cameras"
@@ -60,7 +61,8 @@ def read_camera(cam_obj, frame: np.ndarray, width: int, height: int, name: str |
 
 
 def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "camera"
+    """A view-folder name the backend accepts (``backend.jobpaths``: no '.'/'..', hidden or device names)."""
+    return backend_link.protocol().safe_name(re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
 
 
 def collection_cameras(collection) -> list:
@@ -78,9 +80,9 @@ def read_ring(collection, rig, resolution: int) -> list[dict]:
     specs, seen = [], set()
     for obj in cams:
         name = _safe_name(obj.name)
-        while name in seen:
+        while name.casefold() in seen:  # "Cam" and "cam" would share a folder on macOS and Windows
             name += "_"
-        seen.add(name)
+        seen.add(name.casefold())
         specs.append(read_camera(obj, frame, resolution, resolution, name=name).to_spec_dict())
     return specs
 

@@ -95,7 +95,8 @@ def test_frame_outside_the_sequence_is_refused(tmp_path, bundle_path):
 def test_ply_sequence_has_one_file_per_frame(tmp_path, bundle, bundle_path):
     out = export_bundle(bundle_path, "ply-sequence", tmp_path / "frames")
     assert [p.name for p in out] == [f"{t:04d}.ply" for t in range(T)]
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"{t:04d}.ply" for t in range(T)]
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [".mvp4d-output.json"] + [
+        f"{t:04d}.ply" for t in range(T)]  # the marker says which files are ours
     for t in range(T):
         check_3dgs_ply(str(out[t]), bundle, t)
 

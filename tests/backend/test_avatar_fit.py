@@ -78,7 +78,7 @@ def test_tiny_fit_reaches_quality_on_heldout_cameras_and_frames(tiny_job, flame)
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_job, flame, tmp_path):
     corpus, shape = tiny_job / "stages" / "corpus", _shape(tiny_job, flame)
     straight: dict[int, float] = {}
-    fit_avatar(corpus, flame, shape, _quick(), on_step=lambda i, m, f: straight.setdefault(i, m["loss"]))
+    whole = fit_avatar(corpus, flame, shape, _quick(), on_step=lambda i, m, f: straight.setdefault(i, m["loss"]))
 
     calls = {"n": 0}
 
@@ -98,6 +98,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_job, flame, tmp
     for i in resumed:
         assert resumed[i] == straight[i], i  # bit for bit: every tensor and the RNG are restored
     assert res.iterations == 12
+    assert res.stats["train_psnr"] == whole.stats["train_psnr"]  # the reported mean spans the stop too
     assert json.loads((tmp_path / "fit.json").read_text())["iteration"] == 12
 
 
@@ -173,7 +174,7 @@ def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame):
     assert b.metadata["settings"]["iterations"] == 20 and b.metadata["generator"]["name"] == "projection"
     out = job / "outputs"
     assert (out / "avatar.ply").stat().st_size > 0 and (out / "avatar_animated.ply").stat().st_size > 0
-    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{t:04d}.ply" for t in range(5)]
+    assert sorted(p.name for p in (out / "frames").glob("*.ply")) == [f"{t:04d}.ply" for t in range(5)]
     assert (job / "stages" / "fit" / "fit.safetensors").is_file()
     events = [Event.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
     assert any(e.type == "preview" and e.path == "outputs/avatar_preview.png" for e in events)

@@ -119,8 +119,10 @@ def test_atomic_dir_and_partials(tmp_path):
     with atomic_dir(tmp_path / "view0") as d:
         (d / "0000.png").write_bytes(b"x")
     assert (tmp_path / "view0" / "0000.png").exists()
-    (tmp_path / ".view1.abc.part").mkdir()
-    assert remove_partials(tmp_path) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["view0"]
+    (tmp_path / ".view1.abc12_x9.part").mkdir()  # the names atomic_dir / atomic_path leave when killed
+    (tmp_path / ".notes.abc.part").write_text("a user's file")  # not one of ours: kept
+    assert remove_partials(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.abc.part", "view0"]
 
 
 def test_progress_eta(tmp_path):

@@ -143,3 +143,20 @@ def test_custom_ring_and_moved_rig(scene):
     moved = camops.read_ring(scene.mvp4d.cameras, rig, 128)
     for a, b in zip(specs, moved):
         np.testing.assert_allclose(a["world_to_cam"], b["world_to_cam"], atol=1e-5)
+
+
+def test_camera_object_names_become_names_the_backend_accepts(scene):
+    """Blender allows any object name; the view folders made from them must pass the backend's check."""
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    rig = scene.mvp4d.rig
+    scene.mvp4d.ring_preset = "custom"
+    assert bpy.ops.mvp4d.add_camera_ring(count=8, azimuth_range=120.0, elevation=0.0, distance=1.2) == {"FINISHED"}
+    camops = import_module(f"{ADDON}.blender.cameras")
+    hostile = ["..", ".hidden", "CON", "Cam", "cam", "a/../../b", "x.", "\u00e9" * 70]
+    for obj, name in zip(camops.collection_cameras(scene.mvp4d.cameras), hostile):
+        obj.name = name
+    specs = camops.read_ring(scene.mvp4d.cameras, rig, 128)
+    proto = import_module(f"{ADDON}.backend_link").protocol()
+    spec = proto.JobSpec.from_json({"schema_version": 1, "inputs": {"reference_image": "inputs/reference.png"},
+                                    "cameras": {"cameras": specs}})  # raises BAD_INPUT on any unsafe name
+    assert len({proto.name_key(c.name) for c in spec.cameras.cameras}) == 8
