@@ -185,9 +185,10 @@ def _read_pickle(path: Path, data: bytes) -> dict[str, Any]:
             "Use an unmodified FLAME .pkl; this file contains code or classes a FLAME model never holds.",
         ) from None
     except AllocationRefused as e:
+        need = "an allocation of unbounded size" if e.nbytes < 0 else f"{e.nbytes:,} bytes"
         raise _invalid(
-            f"FLAME file {path.name} asks for {e.what} of {e.nbytes:,} bytes, far more than its "
-            f"{len(data):,} bytes could hold",
+            f"FLAME file {path.name} asks for {e.what} ({need}), which with what it allocated before exceeds "
+            f"what its {len(data):,} bytes can justify",
             "Use an unmodified FLAME .pkl; this file is damaged or built to exhaust memory.",
         ) from None
     except MVP4DError:
