@@ -36,7 +36,10 @@ triangles (plus the joints), in float64 on one CPU thread; ~0.5-2 s for the toy 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
+import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -168,6 +171,27 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def import_optimizer(check: Callable[[], None] | None = None) -> None:
+    """Import ``torch._dynamo`` (once per process) while honouring cancel requests.
+
+    The first ``torch.optim`` optimizer a process builds imports it (measured 8-10 s on the busy
+    2-core machine, ~1-2 s on an idle one), and an import cannot be interrupted. It runs in a
+    daemon thread here while this thread keeps calling ``check`` every 0.1 s, so a stop during it
+    takes effect at once (the abandoned import dies with the process).
+    """
+    if "torch._dynamo" in sys.modules:
+        return
+    worker = next((t for t in threading.enumerate() if t.name == "mvp4d-import-optimizer"), None)
+    if worker is None:
+        worker = threading.Thread(target=importlib.import_module, args=("torch._dynamo",),
+                                  name="mvp4d-import-optimizer", daemon=True)
+        worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        if check is not None:
+            check()
+
+
 def _lbfgs(
     parameters: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], max_iter: int,
     check: Callable[[], None] | None = None,
@@ -269,6 +293,7 @@ def _fit(
     box_center = landmarks.center
     total = len(yaw_guesses) + 1
 
+    import_optimizer(check)
     rig = landmark_rig(flame)
     with torch.no_grad():
         neutral = rig(FlameParams.zeros(rig, 1, dtype=torch.float64)).landmarks[0]  # (L, 3)

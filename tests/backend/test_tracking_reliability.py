@@ -238,3 +238,29 @@ def test_track_image_checks_for_cancel_before_the_fit(astronaut) -> None:
     token.request("test")
     with pytest.raises(Cancelled):
         track_image(astronaut, check=token.check)
+
+
+def test_optimizer_import_is_cancellable() -> None:
+    """The fit's one uninterruptible step (torch._dynamo's first import) is waited for with cancel checks."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time, torch\n"
+        "from backend.errors import Cancelled\n"
+        "from backend.tracking.fit import import_optimizer\n"
+        "t = time.perf_counter()\n"
+        "def check():\n"
+        "    if time.perf_counter() - t > 0.2: raise Cancelled()\n"
+        "try:\n"
+        "    import_optimizer(check); print('imported', time.perf_counter() - t)\n"
+        "except Cancelled:\n"
+        "    print('cancelled', time.perf_counter() - t)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=True).stdout.split()
+    what, elapsed = out[-2], float(out[-1])
+    assert what in ("imported", "cancelled")
+    if what == "cancelled":  # the import was still running at 0.2 s: the stop took effect at once
+        assert elapsed < 0.8, elapsed
