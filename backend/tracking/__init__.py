@@ -72,7 +72,6 @@ TRACK_FILES = {
 }
 
 
-
 def get_flame(source: Any = "toy"):
     """A :class:`~backend.flame.lbs.Flame` from ``"toy"``, a FLAME file path, a FlameModel or a Flame."""
     from ..flame.io import load_flame

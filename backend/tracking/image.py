@@ -207,6 +207,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             with Image.open(p) as im:
                 w, h = im.size
                 orientation = im.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise _too_large(str(p), f"({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise _bad(p, f"cannot be read ({e})") from e
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -22,7 +22,7 @@ from backend.errors import Cancelled, MVP4DError
 from backend.events import CancelToken
 from backend.flame.lbs import FlameParams
 from backend.tracking import TrackResult, fit_flame, get_flame, track_from_params, track_image
-from backend.tracking.image import MAX_IMAGE_PIXELS, WORK_MAX_SIDE, as_rgb_uint8, load_image
+from backend.tracking.image import MAX_IMAGE_PIXELS, WORK_MAX_SIDE, as_rgb_uint8, image_size, load_image
 from backend.tracking.landmarks import detect_landmarks
 from backend.tracking.plausibility import FACE_SCORE_WARN, check_face, check_fit
 
@@ -156,6 +156,11 @@ def test_huge_image_is_refused_before_decoding(tmp_path, size: tuple[int, int]) 
     assert ei.value.code == "BAD_INPUT" and "too large" in ei.value.message and "megapixels" in ei.value.message
     assert "Downscale" in ei.value.hint
     assert peak < 4 * 2**20
+    if size[0] * size[1] > 2 * MAX_IMAGE_PIXELS:  # beyond Pillow's hard limit even the header read refuses
+        with pytest.raises(MVP4DError, match="too large"):
+            image_size(path)
+    else:
+        assert image_size(path) == size
 
 
 def test_huge_array_is_refused_without_copying() -> None:
