@@ -34,7 +34,7 @@ from ..errors import MVP4DError
 from ..fsutil import atomic_path, write_json_atomic
 from ..protocol import CameraSpec
 from .fit import fit_flame, landmark_rig
-from .image import as_rgb_uint8, default_reference_image, downscale_to, image_size, load_image, save_png_atomic
+from .image import as_rgb_uint8, default_reference_image, downscale_to, load_image, load_image_and_size, save_png_atomic
 from .landmarks import FaceLandmarks, detect_faces, detect_landmarks
 from .matting import matte_to_white
 from .plausibility import check_face, check_fit
@@ -199,8 +199,7 @@ def track_from_params(
     img = None
     if image is not None:
         if isinstance(image, (str, os.PathLike)):
-            full_w, full_h = image_size(image)
-            img = load_image(image)
+            img, (full_w, full_h) = load_image_and_size(image)
         else:
             img = as_rgb_uint8(image)
             full_w, full_h = img.shape[1], img.shape[0]

@@ -44,6 +44,16 @@ def _bad(path: str | os.PathLike, problem: str, hint: str = _HINT_FILE) -> MVP4D
 def load_image(path: str | os.PathLike, max_side: int | None = WORK_MAX_SIDE) -> np.ndarray:
     """Read an image file as ``uint8`` (H, W, 3) RGB, at most ``max_side`` pixels on its longer side.
 
+    See :func:`load_image_and_size` for the details.
+    """
+    return load_image_and_size(path, max_side)[0]
+
+
+def load_image_and_size(
+    path: str | os.PathLike, max_side: int | None = WORK_MAX_SIDE,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image` plus the file's own ``(width, height)`` (EXIF orientation applied).
+
     Handles EXIF orientation, RGBA/LA/palette transparency (composited on white), greyscale,
     16-bit and float images and multi-frame files (first frame). Raises ``BAD_INPUT`` for a missing
     path, a folder, an empty/corrupt/truncated file, a non-image, an image smaller than
@@ -69,10 +79,13 @@ def load_image(path: str | os.PathLike, max_side: int | None = WORK_MAX_SIDE) ->
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 check_pixel_count(im.size[0], im.size[1], str(p))
+                full_w, full_h = im.size
                 if max_side is not None and max(im.size) > max_side:
                     target = _fit_size(im.size[0], im.size[1], max_side)
                     im.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
                 im.load()  # decode now: truncated or corrupt data fails here, not later
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored rotated by 90 degrees
+                    full_w, full_h = full_h, full_w
                 im = ImageOps.exif_transpose(im)
                 rgb = to_rgb_uint8(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -84,7 +97,7 @@ def load_image(path: str | os.PathLike, max_side: int | None = WORK_MAX_SIDE) ->
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken chunks, bad headers
         raise _bad(p, f"is corrupt or truncated ({e})") from e
     check_image_size(rgb, str(p))
-    return downscale_to(rgb, max_side)
+    return downscale_to(rgb, max_side), (full_w, full_h)
 
 
 def _fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -197,18 +210,3 @@ def default_reference_image() -> np.ndarray:
 
     return np.ascontiguousarray(data.astronaut(), dtype=np.uint8)
 
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` of an image file as :func:`load_image` orients it, from the header only."""
-    p = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the size is read
-            with Image.open(p) as im:
-                w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-    except Image.DecompressionBombError as e:
-        raise _too_large(str(p), f"({e})") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise _bad(p, f"cannot be read ({e})") from e
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
