@@ -73,9 +73,9 @@ def load_image_and_size(
         raise _bad(p, "is an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            # Pillow's "palette images with transparency" note is noise; its decompression-bomb
+            # Pillow's notes (palette transparency, odd EXIF) are noise; its decompression-bomb
             # warning is not: it becomes an error (and MAX_IMAGE_PIXELS is checked below anyway)
-            warnings.filterwarnings("ignore", message=".*[Tt]ransparency.*")
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 check_pixel_count(im.size[0], im.size[1], str(p))
