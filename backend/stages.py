@@ -60,7 +60,7 @@ def run_track(ctx: StageContext) -> dict[str, str]:
                           flame_source=flame, out_dir=ctx.stage_dir)
     else:
         res = track_image(image, flame_source=flame, out_dir=ctx.stage_dir, warn=ctx.warn,
-                          progress=ctx.progress)
+                          progress=ctx.progress, check=ctx.cancel.check)
         ctx.sink.log(f"landmark error {res.mean_error_px:.2f} px ({100 * res.relative_error:.2f} % of the face box)",
                      stage=ctx.stage)
     return {"track": "stages/track"}

@@ -3,22 +3,15 @@
 The official FLAME 2020/2023 files are Python-2 pickles holding numpy arrays, a
 ``scipy.sparse`` joint regressor and **chumpy** objects. Unpickling them normally needs chumpy
 (unmaintained, broken on current numpy) and, worse, would let a tampered file run arbitrary
-code. :class:`_RestrictedUnpickler` therefore admits only an explicit allow-list of harmless
-callables (numpy array/dtype/scalar reconstruction, ``copyreg._reconstructor``, a few builtin
-containers) and replaces every chumpy and scipy.sparse class by a local stub that just keeps its
-pickled state; the stubs are turned into dense numpy arrays afterwards. Anything else stops the
-load with ``FLAME_INVALID`` before any of it is called.
+code or allocate gigabytes. :mod:`.safe_pickle` reads them with an allow-list of harmless,
+size-checked callables and stubs for the chumpy and scipy.sparse classes; the stubs are turned
+into dense numpy arrays here. Anything else stops the load with ``FLAME_INVALID``.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import codecs
-import copyreg
 import hashlib
-import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +19,10 @@ import numpy as np
 
 from ..errors import MVP4DError
 from .model import FlameModel
+from .safe_pickle import AllocationRefused, Disallowed, restricted_load
+from .safe_pickle import ChumpyStub as _ChumpyStub
+from .safe_pickle import SparseStub as _SparseStub
+from .safe_pickle import Stub as _Stub
 
 #: file next to a FLAME model that holds FLAME's official MediaPipe landmark embedding
 MEDIAPIPE_EMBEDDING_NAME = "mediapipe_landmark_embedding.npz"
@@ -35,127 +32,6 @@ FLAME_NUM_SHAPE = 300
 
 def _invalid(message: str, hint: str | None = None) -> MVP4DError:
     return MVP4DError("FLAME_INVALID", message, hint)
-
-
-# ---------------------------------------------------------------------------------------------
-# Restricted unpickling
-# ---------------------------------------------------------------------------------------------
-
-
-class _Disallowed(Exception):
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.qualname = f"{module}.{name}"
-
-
-class _Stub:
-    """Stands in for a pickled class we refuse to import; keeps whatever state it is given."""
-
-    _args: tuple = ()
-    _state: Any = None  # stays None when the pickle builds the object without state
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Stub":
-        obj = object.__new__(cls)
-        obj.__dict__["_args"] = args
-        obj.__dict__["_state"] = None
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # copyreg._reconstructor may call it
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["_state"] = state
-
-
-class _ChumpyStub(_Stub):
-    """A chumpy ``Ch``: pickled as ``__dict__`` whose value array lives under ``'x'``."""
-
-
-class _SparseStub(_Stub):
-    """A scipy.sparse matrix: pickled as ``__dict__`` (data/indices/indptr or row/col, shape)."""
-
-    fmt = "?"
-
-
-class _CscStub(_SparseStub):
-    fmt = "csc"
-
-
-class _CsrStub(_SparseStub):
-    fmt = "csr"
-
-
-class _CooStub(_SparseStub):
-    fmt = "coo"
-
-
-def _safe_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as Python 3 pickles of ``bytes`` use it, limited to plain text codecs."""
-    if codecs.lookup(encoding).name not in ("latin-1", "iso8859-1", "utf-8", "ascii"):
-        raise _Disallowed("_codecs", f"encode({encoding!r})")
-    return codecs.encode(obj, encoding, errors)
-
-
-def _numpy_callables() -> dict[str, Any]:
-    """The numpy functions pickles name, found through numpy itself (their module moved in 2.0)."""
-    reconstruct = np.ndarray((0,)).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    out = {"_reconstruct": reconstruct, "scalar": scalar}
-    frombuffer = np.arange(3).__reduce_ex__(5)[0]
-    if callable(frombuffer) and getattr(frombuffer, "__name__", "") == "_frombuffer":
-        out["_frombuffer"] = frombuffer
-    return out
-
-
-def _build_allow_list() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {
-        ("copyreg", "_reconstructor"): copyreg._reconstructor,
-        ("copyreg", "__newobj__"): copyreg.__newobj__,
-        ("_codecs", "encode"): _safe_encode,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-    for name in ("object", "set", "frozenset", "list", "dict", "tuple", "bytearray", "bytes", "complex",
-                 "int", "float", "str", "bool", "slice"):
-        allowed[("builtins", name)] = getattr(__import__("builtins"), name)
-    np_funcs = _numpy_callables()
-    for core in ("numpy.core", "numpy._core"):
-        for sub in ("multiarray", "_multiarray_umath"):
-            allowed[(f"{core}.{sub}", "_reconstruct")] = np_funcs["_reconstruct"]
-            allowed[(f"{core}.{sub}", "scalar")] = np_funcs["scalar"]
-            allowed[(f"{core}.{sub}", "ndarray")] = np.ndarray
-            allowed[(f"{core}.{sub}", "dtype")] = np.dtype
-        if "_frombuffer" in np_funcs:
-            allowed[(f"{core}.numeric", "_frombuffer")] = np_funcs["_frombuffer"]
-    for fmt, stub in (("csc", _CscStub), ("csr", _CsrStub), ("coo", _CooStub)):
-        for mod in (f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}", "scipy.sparse"):
-            for cls in (f"{fmt}_matrix", f"{fmt}_array"):
-                allowed[(mod, cls)] = stub
-    return allowed
-
-
-_ALLOWED = _build_allow_list()
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allow-listed globals (see the module docstring)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python-2 names (copy_reg, __builtin__, ...) as the stock unpickler maps them
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        if module == "chumpy" or module.startswith("chumpy."):
-            return _ChumpyStub
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise _Disallowed(module, name) from None
-
-
-def _restricted_load(data: bytes) -> Any:
-    return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
 def _sparse_to_dense(stub: _SparseStub, key: str) -> np.ndarray:
@@ -302,11 +178,18 @@ def model_from_dict(d: dict[str, Any], model_id: str) -> FlameModel:
 
 def _read_pickle(path: Path, data: bytes) -> dict[str, Any]:
     try:
-        obj = _restricted_load(data)
-    except _Disallowed as e:
+        obj = restricted_load(data)
+    except Disallowed as e:
         raise _invalid(
             f"FLAME file holds a disallowed object: {e.qualname}",
             "Use an unmodified FLAME .pkl; this file contains code or classes a FLAME model never holds.",
+        ) from None
+    except AllocationRefused as e:
+        need = "an allocation of unbounded size" if e.nbytes < 0 else f"{e.nbytes:,} bytes"
+        raise _invalid(
+            f"FLAME file {path.name} asks for {e.what} ({need}), which with what it allocated before exceeds "
+            f"what its {len(data):,} bytes can justify",
+            "Use an unmodified FLAME .pkl; this file is damaged or built to exhaust memory.",
         ) from None
     except MVP4DError:
         raise

@@ -34,9 +34,10 @@ from ..errors import MVP4DError
 from ..fsutil import atomic_path, write_json_atomic
 from ..protocol import CameraSpec
 from .fit import fit_flame, landmark_rig
-from .image import as_rgb_uint8, default_reference_image, load_image, save_png_atomic
+from .image import as_rgb_uint8, default_reference_image, downscale_to, load_image, load_image_and_size, save_png_atomic
 from .landmarks import FaceLandmarks, detect_faces, detect_landmarks
 from .matting import matte_to_white
+from .plausibility import check_face, check_fit
 from .result import TrackResult, absorb_head_pose, head_transform
 
 __all__ = [
@@ -70,9 +71,6 @@ TRACK_FILES = {
     "overlay": "overlay.png",
 }
 
-#: above this mean landmark error (fraction of the face box) the user is warned
-POOR_FIT_RELATIVE_ERROR = 0.05
-
 
 def get_flame(source: Any = "toy"):
     """A :class:`~backend.flame.lbs.Flame` from ``"toy"``, a FLAME file path, a FlameModel or a Flame."""
@@ -95,6 +93,7 @@ def track_image(
     *,
     progress: Callable[[int, int], None] | None = None,
     fit_options: dict[str, Any] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> TrackResult:
     """Track one reference image: load -> landmarks -> matting -> FLAME fit (-> track folder).
 
@@ -105,30 +104,36 @@ def track_image(
         warn: receives user-facing warnings (several faces, a poor fit).
         progress: ``progress(done, total)`` over the fit's stages.
         fit_options: extra keyword arguments for :func:`fit_flame`.
+        check: cancel point (``CancelToken.check``), called between steps, between detector tiles
+            and on every fit iteration, so a stop ends tracking within a fraction of a second.
 
-    Raises ``BAD_INPUT`` (unreadable image), ``NO_FACE`` and ``FLAME_INVALID`` (model without a
-    landmark embedding).
+    The photo is downscaled to ``image.WORK_MAX_SIDE`` first (the camera refers to that size).
+    Raises ``BAD_INPUT`` (unreadable or too large image), ``NO_FACE`` (none found, too small, cut
+    off, or not a human face: :func:`check_face`) and ``FLAME_INVALID`` (model without a landmark
+    embedding); implausible fits are warned about (:func:`check_fit`).
     """
+    tick = check or (lambda: None)
     t0 = time.perf_counter()
-    img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
+    img = load_image(image) if isinstance(image, (str, os.PathLike)) else downscale_to(as_rgb_uint8(image))
+    tick()
     flame = get_flame(flame_source)
-    face = detect_landmarks(img, warn=warn)
+    face = detect_landmarks(img, warn=warn, check=check)
+    face_info = check_face(img, face, warn=warn)
+    tick()
     t_detect = time.perf_counter()
     matted, alpha = matte_to_white(img)
+    tick()
     t_matte = time.perf_counter()
     h, w = img.shape[:2]
-    result = fit_flame(flame, face, w, h, progress=progress, **(fit_options or {}))
+    result = fit_flame(flame, face, w, h, progress=progress, check=check, **(fit_options or {}))
     result.matted, result.alpha = matted, alpha
+    result.info.update(face_info)
     result.info.update(
         seconds_load_detect=round(t_detect - t0, 3),
         seconds_matte=round(t_matte - t_detect, 3),
         seconds_fit=round(time.perf_counter() - t_matte, 3),
     )
-    if warn is not None and result.relative_error is not None and result.relative_error > POOR_FIT_RELATIVE_ERROR:
-        warn(
-            f"the head model fits the face only roughly (mean landmark error {result.mean_error_px:.1f} px, "
-            f"{100 * result.relative_error:.1f} % of the face size); a more frontal, unoccluded photo helps"
-        )
+    check_fit(result, warn=warn)
     if out_dir is not None:
         write_track(result, out_dir, image=img)
     return result
@@ -193,13 +198,20 @@ def track_from_params(
     result = TrackResult(params=params, camera=camera, model_id=flame.model_id, info={"source": "user parameters"})
     img = None
     if image is not None:
-        img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
-        if (img.shape[1], img.shape[0]) != (camera.width, camera.height):
+        if isinstance(image, (str, os.PathLike)):
+            img, (full_w, full_h) = load_image_and_size(image)
+        else:
+            img = as_rgb_uint8(image)
+            full_w, full_h = img.shape[1], img.shape[0]
+            img = downscale_to(img)
+        if (full_w, full_h) != (camera.width, camera.height):
             raise MVP4DError(
                 "BAD_INPUT",
-                f"the reference image is {img.shape[1]}x{img.shape[0]} but the camera is {camera.width}x{camera.height}",
+                f"the reference image is {full_w}x{full_h} but the camera is {camera.width}x{camera.height}",
                 "Set the camera's resolution to the photo's size.",
             )
+        if (img.shape[1], img.shape[0]) != (full_w, full_h):  # downscaled: the camera follows
+            result.camera = camera = camera.scaled(img.shape[1], img.shape[0])
         result.matted, result.alpha = matte_to_white(img)
     if out_dir is not None:
         write_track(result, out_dir, image=img)

@@ -36,7 +36,10 @@ triangles (plus the joints), in float64 on one CPU thread; ~0.5-2 s for the toy 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
+import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -168,13 +171,40 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _lbfgs(parameters: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], max_iter: int) -> float:
+def import_optimizer(check: Callable[[], None] | None = None) -> None:
+    """Import ``torch._dynamo`` (once per process) while honouring cancel requests.
+
+    The first ``torch.optim`` optimizer a process builds imports it (measured 8-10 s on the busy
+    2-core machine, ~1-2 s on an idle one), and an import cannot be interrupted. It runs in a
+    daemon thread here while this thread keeps calling ``check`` every 0.1 s, so a stop during it
+    takes effect at once (the abandoned import dies with the process).
+    """
+    if "torch._dynamo" in sys.modules:
+        return
+    worker = next((t for t in threading.enumerate() if t.name == "mvp4d-import-optimizer"), None)
+    if worker is None:
+        worker = threading.Thread(target=importlib.import_module, args=("torch._dynamo",),
+                                  name="mvp4d-import-optimizer", daemon=True)
+        worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        if check is not None:
+            check()
+
+
+def _lbfgs(
+    parameters: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], max_iter: int,
+    check: Callable[[], None] | None = None,
+) -> float:
+    """L-BFGS on ``loss_fn``; ``check`` (a cancel point) runs on every function evaluation (~ms)."""
     opt = torch.optim.LBFGS(
         parameters, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=1e-10, tolerance_change=1e-14,
     )
 
     def closure() -> torch.Tensor:
+        if check is not None:
+            check()
         opt.zero_grad()
         loss = loss_fn()
         loss.backward()
@@ -205,6 +235,7 @@ def fit_flame(
     rigid_steps: int = 40,
     steps: int = 150,
     progress: Callable[[int, int], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> TrackResult:
     """Fit FLAME (shape, expression, jaw) and the reference camera to detected landmarks.
 
@@ -219,6 +250,7 @@ def fit_flame(
         yaw_guesses: head yaw initialisations of the rigid stage, degrees.
         rigid_steps, steps: L-BFGS iterations of the rigid and of the full stage.
         progress: called as ``progress(done, total)`` after each stage.
+        check: cancel point (e.g. ``CancelToken.check``), run on every optimiser evaluation.
 
     Returns:
         A canonical :class:`TrackResult` (``global_rot = transl = 0``; the camera holds the pose).
@@ -226,7 +258,7 @@ def fit_flame(
     with _torch_threads(1):
         return _fit(flame, landmarks, width, height, shape_prior=shape_prior, expr_prior=expr_prior,
                     jaw_prior=jaw_prior, focal_prior=focal_prior, focal_init=focal_init, yaw_guesses=yaw_guesses,
-                    rigid_steps=rigid_steps, steps=steps, progress=progress)
+                    rigid_steps=rigid_steps, steps=steps, progress=progress, check=check)
 
 
 def _fit(
@@ -244,6 +276,7 @@ def _fit(
     rigid_steps: int,
     steps: int,
     progress: Callable[[int, int], None] | None,
+    check: Callable[[], None] | None = None,
 ) -> TrackResult:
     if flame.landmark_ids is None or int(flame.landmark_ids.numel()) < MIN_LANDMARKS:
         raise MVP4DError(
@@ -260,6 +293,7 @@ def _fit(
     box_center = landmarks.center
     total = len(yaw_guesses) + 1
 
+    import_optimizer(check)
     rig = landmark_rig(flame)
     with torch.no_grad():
         neutral = rig(FlameParams.zeros(rig, 1, dtype=torch.float64)).landmarks[0]  # (L, 3)
@@ -282,7 +316,7 @@ def _fit(
         R0 = _rot_z(angle) @ R_yaw
         z0 = f_init / max(s, 1e-9)  # orthographic scale s = f / z (pixels per metre)
         pose = _Pose(R0, t2, z0, f_init, box_center, unit)
-        loss = _lbfgs(list(pose.parameters()), lambda p=pose: data_term(p, neutral) + focal_term(p), rigid_steps)
+        loss = _lbfgs(list(pose.parameters()), lambda p=pose: data_term(p, neutral) + focal_term(p), rigid_steps, check)
         if best is None or loss < best[0]:
             best = (loss, pose)
         if progress is not None:
@@ -309,7 +343,7 @@ def _fit(
         reg = shape_prior * (shape * shape).sum() + expr_prior * (expr * expr).sum() + jaw_prior * (jaw * jaw).sum()
         return data_term(pose, model_landmarks()) + focal_term(pose) + reg
 
-    final_loss = _lbfgs([shape, expr, jaw, *pose.parameters()], full_loss, steps)
+    final_loss = _lbfgs([shape, expr, jaw, *pose.parameters()], full_loss, steps, check)
     if not math.isfinite(final_loss):
         raise MVP4DError(
             "NO_FACE",

@@ -213,8 +213,11 @@ def _tile_starts(length: int, tile: int) -> list[int]:
     return starts
 
 
-def _search_tiles(img: np.ndarray) -> list[FaceLandmarks]:
-    """Faces too small for the whole-image detector: search tiles, merge duplicates."""
+def _search_tiles(img: np.ndarray, check: Callable[[], None] | None = None) -> list[FaceLandmarks]:
+    """Faces too small for the whole-image detector: search tiles, merge duplicates.
+
+    ``check`` (a cancel point) runs before every tile: a 2048-px photo has up to 49 of them.
+    """
     h, w = img.shape[:2]
     for fraction in SEARCH_TILE_FRACTIONS:
         tile = int(round(min(h, w) * fraction))
@@ -223,6 +226,8 @@ def _search_tiles(img: np.ndarray) -> list[FaceLandmarks]:
         found: list[tuple[bool, FaceLandmarks]] = []
         for y0 in _tile_starts(h, tile):
             for x0 in _tile_starts(w, tile):
+                if check is not None:
+                    check()
                 for f in _faces_in(img[y0 : y0 + tile, x0 : x0 + tile], x0, y0, (w, h)):
                     u0, v0, u1, v1 = f.box
                     m = 0.02 * tile  # a face touching an inner tile edge is probably cut off
@@ -239,32 +244,37 @@ def _search_tiles(img: np.ndarray) -> list[FaceLandmarks]:
     return []
 
 
-def detect_faces(image: np.ndarray, search: bool = True) -> list[FaceLandmarks]:
+def detect_faces(image: np.ndarray, search: bool = True, check: Callable[[], None] | None = None) -> list[FaceLandmarks]:
     """All faces MediaPipe Face Mesh finds in ``image`` (uint8 (H, W, 3) RGB), largest box first.
 
     With ``search`` (default), an image where the whole-image pass finds nothing is searched again
     in tiles (:data:`SEARCH_TILE_FRACTIONS`), so faces down to ~5 % of the image side are found.
+    ``check`` is a cancel point run between tiles.
     """
     img = as_rgb_uint8(image)
     faces = _faces_in(img)
     if not faces and search:
-        faces = _search_tiles(img)
+        faces = _search_tiles(img, check)
     faces.sort(key=lambda f: f.area, reverse=True)
     return faces
 
 
-def detect_landmarks(image: np.ndarray, warn: Callable[[str], None] | None = None) -> FaceLandmarks:
+def detect_landmarks(
+    image: np.ndarray, warn: Callable[[str], None] | None = None, check: Callable[[], None] | None = None,
+) -> FaceLandmarks:
     """The landmarks of the one face to track: the largest, with a warning if there are several.
 
-    Raises ``NO_FACE`` when MediaPipe finds none.
+    Raises ``NO_FACE`` when MediaPipe finds none. Whether it is a usable human face is decided
+    afterwards by :func:`backend.tracking.plausibility.check_face`.
     """
-    faces = detect_faces(image)
+    faces = detect_faces(image, check=check)
     if not faces:
         h, w = np.asarray(image).shape[:2]
         raise MVP4DError(
             "NO_FACE",
             f"no face found in the reference image ({w}x{h} pixels)",
-            "Use a photo where one face is clearly visible, roughly frontal and at least ~100 pixels across.",
+            "Use a photo where one face is clearly visible, roughly frontal and at least ~100 pixels across; "
+            "if the face is small in the picture, crop the photo around the head.",
         )
     if len(faces) > 1 and warn is not None:
         warn(f"found {len(faces)} faces; using the largest")
