@@ -20,7 +20,9 @@ ERROR_CODES: dict[str, str] = {
     "WEIGHTS_MISMATCH": "The weights do not fit this model; rebuild them with the weight builder.",
     "OUT_OF_MEMORY": "Choose a lower VRAM preset or a smaller quality preset.",
     "CANCELLED": "Run the job again to resume where it stopped.",
-    "INTERNAL": "This is a bug; please report it with the job's events.jsonl.",
+    "DISK_FULL": "Free disk space (or raise the quota) on the drive named in the message and run again.",
+    "NOT_WRITABLE": "Choose a folder you can write to, or fix the permissions of the path named in the message.",
+    "INTERNAL": "This is a bug; please report it with the log file named in the message.",
 }
 
 #: exit code used for each error (argparse/usage errors use 2 as usual)

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
+from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, bad_input
 from .events import CancelToken, EventSink
+from .failures import classify, job_log_dir
 from .fsutil import remove_partials, write_json_atomic, write_text_atomic
-from .protocol import InputsSpec, JobSpec, resolve_job_path
+from .preflight import check_animation_source, check_job
+from .protocol import JOB_STAGES, InputsSpec, JobSpec, resolve_job_path
 
 
 @dataclass
@@ -93,10 +93,9 @@ def create_job(
         if not anim.is_file():
             raise bad_input(f"animation file {anim} does not exist", "Pass an .npz of FLAME parameters.")
         spec.animation.source = f"inputs/animation{anim.suffix.lower()}"
+        check_animation_source(str(anim), None)  # the file itself, before it is copied
     spec = JobSpec.from_json(spec.to_json())  # validate what we are about to write
-    from .avatar.settings import FitSettings
-
-    FitSettings.from_json(spec.fit, spec.cameras.preset)  # a bad "fit" block fails now, not after the corpus
+    check_job(spec)  # every setting now, not after the corpus (run_job checks again, with the files)
     existing = job_dir / "job.json"
     if existing.is_file():
         old = JobSpec.load(job_dir)
@@ -132,11 +131,14 @@ def run_job(
     job_dir = Path(job_dir)
     sink = sink or EventSink(job_dir / "events.jsonl")
     cancel = cancel or CancelToken(job_dir / "cancel")
-    stages = list(stages) if stages is not None else _default_stages()
     current: str | None = None
     try:
+        if not (job_dir / "job.json").is_file():
+            sink.events_file = None  # not a job: report on stdout only and create nothing there
         spec = JobSpec.load(job_dir)
-        spec.check_paths(job_dir)
+        names = JOB_STAGES if stages is None else [st.name for st in stages]
+        check_job(spec, job_dir, until=until, stage_names=names)  # all settings and inputs, before any stage
+        stages = list(stages) if stages is not None else _default_stages()
         (job_dir / "cancel").unlink(missing_ok=True)  # a new run clears an old cancel request
         cache: dict[str, Any] = {}
         outputs: dict[str, str] = {}
@@ -161,19 +163,7 @@ def run_job(
         current = None
         sink.done(outputs)
         return 0
-    except Cancelled as e:
-        sink.error(e, stage=current)
-        return EXIT_CANCELLED
-    except MVP4DError as e:
-        sink.error(e, stage=current)
-        return EXIT_ERROR
-    except MemoryError:
-        sink.error(MVP4DError("OUT_OF_MEMORY", "ran out of memory"), stage=current)
-        return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 - every failure must reach the user as an event
-        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError without importing torch
-            sink.error(MVP4DError("OUT_OF_MEMORY", f"GPU out of memory: {e}"), stage=current)
-        else:
-            traceback.print_exc(file=sys.stderr)
-            sink.error(MVP4DError("INTERNAL", f"{type(e).__name__}: {e}"), stage=current)
-        return EXIT_ERROR
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure reaches the user as an event
+        err = classify(e, log_dir=job_log_dir(job_dir))  # INTERNAL writes its traceback to <job>/logs/
+        sink.error(err, stage=current)
+        return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR

@@ -170,12 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    try:
-        result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
-                           args.device)
-    except MVP4DError as exc:
-        print(json.dumps({"error": exc.code, "message": exc.message, "hint": exc.hint}))
-        return 1
+    # failures propagate to ``backend.cli.main``, which reports them as one ``error`` event
+    result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
+                       args.device)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import MVP4DError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,21 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="check an MMVDM folder without loading it")
     c.add_argument("folder")
     args = p.parse_args(argv)
-    try:
-        if args.action == "build":
-            import torch
+    # failures propagate to ``backend.cli.main``, which reports them as one ``error`` event
+    if args.action == "build":
+        import torch
 
-            from .weights import build_mmvdm_from_cogvideox
+        from .weights import build_mmvdm_from_cogvideox
 
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-            out = build_mmvdm_from_cogvideox(args.src, args.out, args.conditioning_channels, dtype,
-                                             attention_scale_mode=args.attention_scale_mode)
-            print(json.dumps({"built": str(out)}))
-        else:
-            from .weights import check_weights
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+        out = build_mmvdm_from_cogvideox(args.src, args.out, args.conditioning_channels, dtype,
+                                         attention_scale_mode=args.attention_scale_mode)
+        print(json.dumps({"built": str(out)}))
+    else:
+        from .weights import check_weights
 
-            print(json.dumps(check_weights(args.folder), indent=2, sort_keys=True, default=str))
-    except MVP4DError as e:
-        print(json.dumps({"error": e.code, "message": e.message, "hint": e.hint}))
-        return 1
+        print(json.dumps(check_weights(args.folder), indent=2, sort_keys=True, default=str))
     return 0
