@@ -106,7 +106,11 @@ class EventSink:
             try:
                 self._append(line.encode("utf-8"))
             except OSError as e:
-                self.file_error = os_error(e, self.events_file)
+                err = os_error(e, self.events_file)
+                if err.code not in ("DISK_FULL", "NOT_WRITABLE"):  # e.g. events.jsonl is a folder
+                    err = MVP4DError("NOT_WRITABLE", f"{self.events_file}: cannot append to the job's event log "
+                                                     f"({e.strerror or type(e).__name__})")
+                self.file_error = err
             else:
                 return event
             if event.type != "error":

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import bad_input
-from .protocol import JOB_STAGES, JobSpec, resolve_job_path
+from .protocol import BUILTIN_ANIMATIONS, JOB_STAGES, JobSpec, resolve_job_path
 
 
 def check_until(until: str | None, stage_names: Sequence[str] = JOB_STAGES) -> None:
@@ -53,8 +53,6 @@ def check_inputs(spec: JobSpec, job_dir: str | os.PathLike) -> None:
 
 def check_animation_source(source: str, job_dir: str | os.PathLike | None) -> None:
     if source.startswith("builtin:"):
-        from .animation import BUILTIN_ANIMATIONS
-
         if source.split(":", 1)[1] not in BUILTIN_ANIMATIONS:
             raise bad_input(f"job.json: animation.source {source!r:.60} is not a built-in animation",
                             f"Use one of {', '.join('builtin:' + n for n in BUILTIN_ANIMATIONS)} or an .npz.")

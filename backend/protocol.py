@@ -104,6 +104,7 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 CFG_PASSES = ("sequential", "batched")
 CORPUS_FORMATS = ("png",)
 DEFAULT_FPS = 24.0
+BUILTIN_ANIMATIONS = ("default", "neutral")  # animation.source "builtin:<name>" (backend/animation.py)
 
 #: Keys of an animation ``.npz`` (driving sequence of FLAME parameters), T frames.
 #: ``expr`` is required; the others default to zeros. Extra expression components beyond the

@@ -14,9 +14,27 @@ from typing import Any
 
 from ..errors import MVP4DError, bad_input
 from ..protocol import MAX_IMAGE_SIDE, MAX_SEED, Rule, check_device, check_rules
-from .densify import DensifyStrategy
 
 _HINT = "Fix that setting in the job's \"fit\" block (job.json) and run again."
+
+
+@dataclass
+class DensifyStrategy:
+    """When and how Gaussians grow, shrink and reset (gsplat ``DefaultStrategy``, bound to triangles)."""
+
+    refine_start: int = 500
+    refine_stop: int = 15000
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 0.0002  # mean |d loss / d means2d| in half-image units
+    grow_scale3d: float = 0.05  # clone below, split above: world scale / head extent
+    prune_scale3d: float = 0.5  # prune above (after the first reset): world scale / head extent
+    prune_opa: float = 0.005
+    max_gaussians: int = 100_000
+    split_shrink: float = 1.6  # children's scale = parent's / split_shrink
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
