@@ -75,6 +75,9 @@ def read_events(path: str | os.PathLike) -> list[Event]:
     return events
 
 
+STDOUT = object()  # EventSink's default stream: sys.stdout as it is when the sink is made (tests redirect it)
+
+
 class EventSink:
     """Writes events to a stream (stdout) and appends them to ``events.jsonl``; computes progress ETAs.
 
@@ -87,9 +90,9 @@ class EventSink:
     kill or a full disk is dropped when the sink first appends (:func:`repair_event_log`).
     """
 
-    def __init__(self, events_file: str | Path | None = None, stream: IO[str] | None = sys.stdout):
+    def __init__(self, events_file: str | Path | None = None, stream: IO[str] | None | object = STDOUT):
         self.events_file = Path(events_file) if events_file else None
-        self.stream = stream
+        self.stream: IO[str] | None = sys.stdout if stream is STDOUT else stream  # type: ignore[assignment]
         self.history: list[Event] = []
         self.file_error: MVP4DError | None = None  # set once the file failed; it is not tried again
         self._repaired = False

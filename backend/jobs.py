@@ -83,6 +83,8 @@ def create_job(
     A folder holding a *different* job is refused rather than overwritten.
     """
     job_dir = Path(job_dir)
+    if job_dir.exists() and not job_dir.is_dir():
+        raise bad_input(f"the job folder {job_dir} is a file", "Pass a new or empty folder as --out.")
     src = Path(reference_image)
     if not src.is_file():
         raise bad_input(f"reference image {src} does not exist or is not a file", "Pass an existing image file.")
@@ -115,6 +117,13 @@ def create_job(
     return spec
 
 
+def _is_job(job_dir: Path) -> bool:
+    try:
+        return (job_dir / "job.json").is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte ...: certainly not a job
+        return False
+
+
 def _same_file(a: Path, b: Path) -> bool:
     return b.is_file() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
@@ -133,7 +142,7 @@ def run_job(
     cancel = cancel or CancelToken(job_dir / "cancel")
     current: str | None = None
     try:
-        if not (job_dir / "job.json").is_file():
+        if not _is_job(job_dir):
             sink.events_file = None  # not a job: report on stdout only and create nothing there
         spec = JobSpec.load(job_dir)
         names = JOB_STAGES if stages is None else [st.name for st in stages]

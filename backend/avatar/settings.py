@@ -82,7 +82,7 @@ class FitSettings:
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
     # bookkeeping
     log_every: int = 50
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # 0: never
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
     threads: int | None = 1  # torch CPU threads during the fit (None: leave as is). One thread: on
     # busy shared cores two threads made each step up to 18x slower (small ops, measured on 2 cores)
@@ -224,7 +224,7 @@ FIT_RULES: dict[str, Rule] = {
     "position_threshold": Rule(float, 0.0, 1e6, open_lo=True),
     "backface_dropout": Rule(float, 0.0, 1.0),
     "log_every": _EVERY,
-    "checkpoint_every": _EVERY,
+    "checkpoint_every": Rule(int, 0, 10**9),  # 0: no checkpoints (benchmarks)
     "device": _DeviceRule(str),
     "threads": Rule(int, 1, 4096, optional=True),
     "densify": Rule(dict),  # checked field by field with DENSIFY_RULES

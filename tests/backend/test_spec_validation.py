@@ -107,6 +107,7 @@ SPEC_VARIANTS = [
     ("iterations-bool", "fit", {"iterations": True}, "fit.iterations"),
     ("log-every-zero", "fit", {"log_every": 0}, "fit.log_every"),
     ("checkpoint-negative", "fit", {"checkpoint_every": -5}, "fit.checkpoint_every"),
+    ("checkpoint-float", "fit", {"checkpoint_every": 0.5}, "fit.checkpoint_every"),
     ("fit-res-small", "fit", {"resolution": 8}, "fit.resolution"),
     ("unet-depth", "fit", {"unet_depth": 20}, "fit.unet_depth"),
     ("unet-divisible", "fit", {"unet_resolution": 40, "unet_depth": 4}, "fit.unet_resolution"),
