@@ -210,3 +210,26 @@ def test_closed_stdout_does_not_stop_the_file(job):
     sink = EventSink(job / "events.jsonl", stream=out)
     sink.log("still recorded")
     assert _file_lines_parse(job / "events.jsonl")[-1].message == "still recorded"
+
+
+def test_addon_tailer_survives_broken_bytes_and_keeps_the_torn_tail_for_later(tmp_path):
+    """The add-on follows events.jsonl of a re-attached job; bad bytes in a line must not stop it."""
+    import queue
+
+    from backend import protocol
+    from mvp4d_blender.io.jobs import BackendProcess
+
+    good = Event("log", message="before").dumps().encode() + b"\n"
+    broken = b'{"type": "log", "message": "caf\xc3\x28"}garbage\n'  # invalid UTF-8 and not one event
+    after = Event("log", message="after").dumps().encode() + b"\n"
+    (tmp_path / "events.jsonl").write_bytes(good + broken + after + b'{"type": "do')  # torn tail
+    bp = BackendProcess("python", [], workdir=tmp_path, backend_root=tmp_path, proto=protocol)
+    bp.pid = None  # not running: one pass over the file, then end of stream
+    bp._tail_events(tmp_path / "events.jsonl", 0)
+    got = []
+    while True:
+        try:
+            got.append(bp._queue.get_nowait())
+        except queue.Empty:
+            break
+    assert [getattr(e, "message", e) for e in got] == ["before", "after", None]
