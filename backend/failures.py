@@ -8,7 +8,8 @@ Every entry point (the CLI's guard, the job runner, the event sink) hands what i
   loop, a name that is too long ...), always naming the path the system named;
 * a path with a NUL byte or characters the file system cannot encode, input nested too deeply to read
   (``RecursionError``) and text that is not UTF-8 are ``BAD_INPUT``;
-* ``MemoryError`` and torch's ``OutOfMemoryError`` are ``OUT_OF_MEMORY``;
+* ``MemoryError`` and torch's ``OutOfMemoryError`` are ``OUT_OF_MEMORY``; a missing third-party
+  package is ``BAD_INPUT`` pointing at ``doctor``;
 * anything else is a bug: ``INTERNAL``, with the traceback written to a log file whose path is in the
   message (the job's ``logs/`` folder when there is a job, else ``<tmp>/mvp4d-logs/``), never on the
   console. Pure Python (no torch, no numpy).
@@ -117,6 +118,9 @@ def classify(exc: BaseException, *, log_dir: str | os.PathLike | None = None) ->
         return MVP4DError("OUT_OF_MEMORY", f"GPU out of memory: {str(exc)[:300]}")
     if isinstance(exc, OSError):
         return os_error(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("backend"):
+        return bad_input(f"the Python package {exc.name!r} is not installed in the backend's environment",
+                         "Run 'python -m backend doctor' and install what it lists as missing.")
     if isinstance(exc, RecursionError):
         return bad_input("an input is nested too deeply to read (maximum recursion depth exceeded)",
                          "Check the JSON or header of the file you passed; it is not one this program writes.")

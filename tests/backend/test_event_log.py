@@ -233,3 +233,23 @@ def test_addon_tailer_survives_broken_bytes_and_keeps_the_torn_tail_for_later(tm
         except queue.Empty:
             break
     assert [getattr(e, "message", e) for e in got] == ["before", "after", None]
+
+
+@pytest.mark.parametrize("exc, code, text", [
+    (OSError(errno.ENOSPC, "No space left on device", "/j/a.png"), "DISK_FULL", "/j/a.png"),
+    (OSError(errno.EROFS, "Read-only file system", "/j"), "NOT_WRITABLE", "/j"),
+    (OSError(errno.ELOOP, "Too many levels of symbolic links", "/j/l"), "BAD_INPUT", "/j/l"),
+    (OSError(errno.EIO, "Input/output error", "/j/x"), "BAD_INPUT", "/j/x"),
+    (RecursionError("maximum recursion depth exceeded"), "BAD_INPUT", "nested too deeply"),
+    (ValueError("embedded null byte"), "BAD_INPUT", "NUL"),
+    (UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"), "BAD_INPUT", "cannot be encoded"),
+    (MemoryError(), "OUT_OF_MEMORY", "memory"),
+    (ModuleNotFoundError("No module named 'accelerate'", name="accelerate"), "BAD_INPUT", "accelerate"),
+    (KeyboardInterrupt(), "CANCELLED", "cancelled"),
+])
+def test_classify_maps_each_fault_to_its_code(tmp_path, exc, code, text):
+    from backend.failures import classify
+
+    err = classify(exc, log_dir=tmp_path)
+    assert err.code == code and text in err.message and err.hint
+    assert not (tmp_path.exists() and any(tmp_path.iterdir()))  # only INTERNAL writes a log
