@@ -128,8 +128,6 @@ class FitSettings:
 
         if self.unet_resolution % (2**self.unet_depth):
             raise bad("unet_resolution", f"must be divisible by 2**unet_depth = {2 ** self.unet_depth}")
-        if self.densify.refine_stop < self.densify.refine_start:
-            raise bad("densify.refine_stop", "must be >= densify.refine_start")
 
     def structure(self) -> dict[str, Any]:
         """The settings a checkpoint depends on (a resume with different values starts afresh)."""

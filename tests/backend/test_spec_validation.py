@@ -122,8 +122,7 @@ SPEC_VARIANTS = [
     ("densify-unknown", "fit", {"densify": {"bogus": 1}}, "fit.densify.bogus"),
     ("densify-max-zero", "fit", {"densify": {"max_gaussians": 0}}, "fit.densify.max_gaussians"),
     ("densify-every-float", "fit", {"densify": {"refine_every": 10.5}}, "fit.densify.refine_every"),
-    ("densify-stop-before-start", "fit", {"densify": {"refine_start": 500, "refine_stop": 100}},
-     "fit.densify.refine_stop"),
+    ("densify-prune-opa", "fit", {"densify": {"prune_opa": 2.0}}, "fit.densify.prune_opa"),
     ("corpus-format", "outputs.corpus_format", "jpg", "outputs.corpus_format"),
 ]
 
