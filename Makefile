@@ -11,7 +11,7 @@ BSTAMP := $(BVENV)/.installed
 # The Khronos glTF validator (npm), project-local, for the .glb export tests.
 NODE_STAMP := tools/node_modules/.installed
 
-.PHONY: test test-backend test-blender demo demo-blender install addon clean
+.PHONY: test test-backend test-blender demo demo-blender install addon clean gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ demo: $(STAMP) $(BSTAMP)
 # the embedded default end to end in Blender: out/demo/blender/{avatar.blend,render.png,avatar.glb,avatar.ply}
 demo-blender: $(STAMP) $(BSTAMP)
 	$(BPY) tools/blender_demo.py --out out/demo/blender
+
+# One short run on a CUDA GPU that measures every GPU path (< 8 min): docs/benchmarks/gpu-<date>.json and its
+# table in docs/benchmarks.md. Without CUDA it says so and exits 2. Options: tools/gpu_check.sh --help.
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bash tools/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(BVENV) out dist build *.egg-info tools/node_modules

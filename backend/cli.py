@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
 from .events import CancelToken, EventSink
 from .protocol import (
+    CAP4D_QUALITY,
     DTYPES,
     GENERATORS,
     GUIDANCE_MODES,
@@ -76,7 +77,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         generator=GeneratorSpec(
             name=args.generator, weights=None if args.weights is None else str(Path(args.weights).resolve()),
             seed=args.seed, sampler=args.sampler, guidance=args.guidance, steps_key=args.steps_key,
-            steps_other=args.steps_other, vram=args.vram, dtype=args.dtype,
+            steps_other=args.steps_other, vram=args.vram, dtype=args.dtype, quality=args.quality,
         ),
     )
 
@@ -127,13 +128,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
 DELEGATES: dict[str, dict[str, str]] = {
-    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench"},
+    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench"},
     "plan": {"": "backend.mmvdm.plan"},
-    "weights": {"build": "backend.mmvdm.weights_cli", "check": "backend.mmvdm.weights_cli"},
+    "weights": {"build": "backend.mmvdm.weights_cli", "init": "backend.mmvdm.weights_cli",
+                "check": "backend.mmvdm.weights_cli",
+                "convert": "backend.cap4d.weights_cli", "fixture": "backend.cap4d.weights_cli"},
     "export": {"": "backend.avatar.export"},
     "train": {"": "backend.training.trainer"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
+    "gpu-check": {"": "backend.gpucheck.runner"},
 }
 
 
@@ -160,13 +164,16 @@ def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per view, 1 + 4k (default: the preset's)")
     p.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the preset's)")
     p.add_argument("--generator", default="projection", choices=list(GENERATORS))
-    p.add_argument("--weights", default=None, help="MMVDM weights folder (for --generator mmvdm)")
+    p.add_argument("--weights", default=None,
+                   help="weights: MMVDM folder (--generator mmvdm) or CAP4D folder/.ckpt (--generator cap4d)")
+    p.add_argument("--quality", default=None, choices=list(CAP4D_QUALITY),
+                   help="CAP4D image budget: low 210x50, medium 420x50, high 840x100 (default: from --preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="joint", choices=list(SAMPLERS), help="MMVDM sampler")
     p.add_argument("--guidance", default="multiview", choices=list(GUIDANCE_MODES), help="MMVDM guidance")
     p.add_argument("--steps-key", type=int, default=100, help="DDIM steps of key-view passes")
     p.add_argument("--steps-other", type=int, default=50, help="DDIM steps of cluster passes")
-    p.add_argument("--vram", default=None, choices=list(VRAM_PRESETS), help="MMVDM memory preset")
+    p.add_argument("--vram", default=None, choices=list(VRAM_PRESETS), help="MMVDM/CAP4D memory preset")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES))
     p.add_argument("--fit-iterations", type=int, default=None, help="avatar fitting iterations (default: preset's)")
 
@@ -201,13 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop after this stage")
     p.set_defaults(func=cmd_run)
 
-    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...' (JSON)",
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON)",
              "plan": "print the MMVDM sampling plan for a preset",
-             "weights": "'weights build --from COGVIDEOX_DIR --out DIR' or 'weights check DIR'",
+             "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights init --size tiny --out DIR' "
+                        "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
+                        "or 'weights fixture FILE'",
              "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
-             "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools"}
+             "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",
+             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')"}
     for name in DELEGATES:
         p = sub.add_parser(name, help=helps[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -90,6 +90,15 @@ def _weights_info(weights: str | None) -> dict[str, Any]:
     from .mmvdm.weights import check_weights
 
     info: dict[str, Any] = {"configured": str(Path(weights))}
+    if (Path(weights) / "cap4d.json").is_file() or Path(weights).suffix == ".ckpt":
+        from .cap4d.weights import check_weights as check_cap4d
+
+        try:  # CAP4D's public model (a converted folder, or the .ckpt itself)
+            found = check_cap4d(weights)
+            info.update(ok=True, generator="cap4d", licence=found["info"].get("licence"), kind=found["kind"])
+        except MVP4DError as e:
+            info.update(ok=False, generator="cap4d", code=e.code, error=e.message, fix=e.hint)
+        return info
     try:
         found = check_weights(weights)
         info.update(ok=True, transformer_dtype=str(found["transformer_dtype"]))

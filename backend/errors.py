@@ -18,6 +18,11 @@ ERROR_CODES: dict[str, str] = {
     ),
     "WEIGHTS_MISSING": "Set the weights folder in the preferences or pass --weights DIR.",
     "WEIGHTS_MISMATCH": "The weights do not fit this model; rebuild them with the weight builder.",
+    "WEIGHTS_INVALID": "The weights file is damaged or not a plain tensor file; download it again.",
+    "FLAME_REQUIRED": (
+        "This generator needs the real FLAME model (5,023 vertices): register at flame.is.tue.mpg.de, "
+        "download FLAME 2023 and pass its .pkl with --flame (or set it in the add-on's preferences)."
+    ),
     "OUT_OF_MEMORY": "Choose a lower VRAM preset or a smaller quality preset.",
     "CANCELLED": "Run the job again to resume where it stopped.",
     "DISK_FULL": "Free disk space (or raise the quota) on the drive named in the message and run again.",

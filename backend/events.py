@@ -189,6 +189,14 @@ class EventSink:
         return self.emit(Event("done", outputs=outputs))
 
 
+def report_error(err: MVP4DError, stage: str | None = None) -> int:
+    """Print ``err`` as an ``error`` event on stdout (tools without a job log); the exit code to return."""
+    EventSink(None, stream=sys.stdout).error(err, stage=stage)
+    from .errors import EXIT_CANCELLED, EXIT_ERROR
+
+    return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR
+
+
 class CancelToken:
     """Cooperative cancellation: ``check()`` raises :class:`Cancelled` once a cancel was requested."""
 

@@ -8,6 +8,7 @@ imported), so a hand-edited ``job.json`` is caught as early as one written by th
   (``protocol.Rule`` and its helpers: bool is not an int, numbers finite, camera matrices invertible);
 * the ``fit`` block: every setting against ``avatar.settings.FIT_RULES``;
 * ``run --until``: one of the job's stages;
+* the generator's needs (CAP4D needs the real FLAME model: ``FLAME_REQUIRED``);
 * the job's input files: the reference image is a file, the FLAME parameter and animation ``.npz``
   files hold finite real arrays of consistent shapes (:func:`backend.flame.lbs.read_param_arrays`),
   a ``builtin:`` animation exists.
@@ -21,7 +22,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import bad_input
+from .errors import MVP4DError, bad_input
 from .protocol import BUILTIN_ANIMATIONS, JOB_STAGES, JobSpec, resolve_job_path
 
 
@@ -30,6 +31,13 @@ def check_until(until: str | None, stage_names: Sequence[str] = JOB_STAGES) -> N
     if until is not None and until not in stage_names:
         raise bad_input(f"--until must be one of {', '.join(stage_names)} (got {until!r:.60})",
                         "Pass the name of the stage to stop after.")
+
+
+def check_generator(spec: JobSpec) -> None:
+    """What the chosen generator needs of the rest of the spec."""
+    if spec.generator.name == "cap4d" and spec.inputs.flame_model == "toy":
+        raise MVP4DError("FLAME_REQUIRED", "the CAP4D generator needs the real FLAME model; the embedded toy head "
+                         "cannot be used")
 
 
 def check_fit(spec: JobSpec) -> None:
@@ -69,6 +77,7 @@ def check_job(spec: JobSpec, job_dir: str | os.PathLike | None = None, *, until:
     failure. ``job_dir`` None checks the spec alone (a job being created has no files yet)."""
     check_until(until, stage_names)
     JobSpec.from_json(spec.to_json())  # a spec built in code gets the same field checks as job.json
+    check_generator(spec)
     check_fit(spec)
     if job_dir is not None:
         spec.check_paths(job_dir)

@@ -95,7 +95,16 @@ RING_LAYOUTS: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float
     ),
 }
 
-GENERATORS = ("projection", "mmvdm")
+GENERATORS = ("projection", "mmvdm", "cap4d")
+#: CAP4D image-budget presets (``generator.quality``): (generated images, DDIM steps, generation resolution);
+#: upstream's low/medium/high (210 × 50, 420 × 50, 840 × 100 at 512 px) and a CPU smoke test.
+CAP4D_QUALITY: dict[str, tuple[int, int, int]] = {
+    "tiny": (12, 2, 64), "low": (210, 50, 512), "medium": (420, 50, 512), "high": (840, 100, 512),
+}
+#: ``generator.quality`` when unset: from the camera preset
+CAP4D_QUALITY_FOR_PRESET = {"tiny": "tiny", "preview": "low", "120": "medium", "360": "high"}
+CAP4D_LICENCE = ("CAP4D's MMDM weights are CC BY-NC 4.0 and derived from Stable Diffusion 2.1 "
+                 "(CreativeML OpenRAIL++-M use restrictions apply): not for commercial use.")
 GUIDANCE_MODES = ("multiview", "conventional", "none")
 SAMPLERS = ("joint", "composed", "preview")  # joint pass (paper), Diffusion²-style composed, 4DVD-style preview
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -475,6 +484,7 @@ class GeneratorSpec:
     refine_strength: float = 0.6  # preview sampler: share of the schedule left for refinement
     preview_steps: int | None = None
     device: str | None = None  # None: CUDA when available, else CPU; or "cpu", "cuda", "cuda:1", "mps"
+    quality: str | None = None  # cap4d: CAP4D_QUALITY name (None: CAP4D_QUALITY_FOR_PRESET of the camera preset)
 
     @classmethod
     def from_json(cls, d: Any, where: str = "generator") -> "GeneratorSpec":
@@ -515,6 +525,7 @@ class GeneratorSpec:
             refine_strength=refine,
             preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1, maximum=MAX_STEPS),
             device=dev,
+            quality=opt("quality", tuple(CAP4D_QUALITY)),
         )
 
 

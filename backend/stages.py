@@ -120,23 +120,30 @@ def run_corpus(ctx: StageContext) -> dict[str, str]:
     center, extent = head_bounds(flame, track.params.shape)
     ring = build_ring(spec, track.camera, center, extent)
 
+    frames = None  # cap4d: the animation frames its image budget allows (the corpus holds only those)
+    if spec.generator.name == "cap4d":
+        from .generators.cap4d import CAP4DSettings, cap4d_frames
+
+        frames = cap4d_frames(num_frames, len(ring), CAP4DSettings.from_spec(spec.generator, spec.cameras.preset).quality)
     crop, crop_cam, outcrop = reference_crop(flame, track.params, track.camera, matted, res)
     save_png_atomic(out / "reference" / "image.png", crop)
     save_png_atomic(out / "reference" / "outcrop.png", (outcrop * 255).astype(np.uint8))
     write_json_atomic(out / "reference" / "camera.json", crop_cam.to_spec().__dict__)
-    seq.save_npz(out / "animation.npz")
+    _corpus_animation(seq, frames).save_npz(out / "animation.npz")
     write_json_atomic(out / "cameras.json", [c.to_spec().__dict__ for c in ring.cameras])
-    write_json_atomic(out / "corpus.json", _manifest(spec, ring, num_frames))
+    write_json_atomic(out / "corpus.json", _manifest(spec, ring, num_frames if frames is None else len(frames)))
 
     views = out / "views"
     views.mkdir(exist_ok=True)
     if spec.generator.name == "mmvdm":
         _run_mmvdm(ctx, ring, vertices, flame, seq, track.params, crop_cam, crop, outcrop)
+    elif frames is not None:
+        _run_cap4d(ctx, ring, flame, seq, frames, track.params, track.camera, matted)
     else:
         _run_per_view(ctx, ring, vertices, flame, track, matted)
     sheet = contact_sheet(
         lambda v, f: load_image(views / ring.cameras[v].name / f"{f:04d}.png"),
-        len(ring), num_frames, key_views=ring.key_indices,
+        len(ring), num_frames if frames is None else len(frames), key_views=ring.key_indices,
     )
     save_png_atomic(ctx.job_dir / PREVIEW_NAME, sheet)
     ctx.sink.preview(PREVIEW_NAME, stage=ctx.stage)
@@ -152,6 +159,25 @@ def _run_mmvdm(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flam
     gen.generate(ring, vertices, flame, seq, ref_params, crop_cam, crop, out_views_dir=ctx.stage_dir / "views",
                  state_dir=ctx.stage_dir / "mmvdm", progress=ctx.progress, check=ctx.cancel.check,
                  log=lambda m: ctx.sink.log(m, stage=ctx.stage), ref_outcrop=outcrop)
+
+
+def _corpus_animation(seq: FlameParams, frames: list[int] | None) -> FlameParams:
+    if frames is None:
+        return seq
+    from .generators.cap4d import select_frames
+
+    return select_frames(seq, frames)
+
+
+def _run_cap4d(ctx: StageContext, ring: CameraRing, flame: Flame, seq: FlameParams, frames: list[int],
+               ref_params: FlameParams, ref_camera: Camera, matted: np.ndarray) -> None:
+    """CAP4D's MMDM: latents checkpointed under ``stages/corpus/cap4d/`` (resume only decodes)."""
+    from .generators.cap4d import CAP4DGenerator, CAP4DSettings
+
+    gen = CAP4DGenerator(ctx.spec.generator.weights, CAP4DSettings.from_spec(ctx.spec.generator, ctx.spec.cameras.preset))
+    gen.generate(ring, flame, seq, frames, ref_params, ref_camera, matted, out_views_dir=ctx.stage_dir / "views",
+                 state_dir=ctx.stage_dir / "cap4d", progress=ctx.progress, check=ctx.cancel.check,
+                 log=lambda m: ctx.sink.log(m, stage=ctx.stage))
 
 
 def _run_per_view(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flame: Flame, track: Any,

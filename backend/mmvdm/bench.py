@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from ..errors import MVP4DError
+from ..events import report_error
 from .configs import forward_flops, latent_frames, mmvdm_2b_config, tiny_config
 from .transformer import MMVDMTransformer
 
-__all__ = ["run_bench", "main", "ATTENTION_ALIASES"]
+__all__ = ["run_bench", "main", "ATTENTION_ALIASES", "build_random", "time_forward", "matmul_tflops"]
 
 ATTENTION_ALIASES = {
     "native": "native", "flash": "flash", "flash3": "_flash_3", "fa3": "_flash_3", "cudnn": "_native_cudnn",
@@ -80,6 +81,61 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: 
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
 
 
+def build_random(config: dict, views: int, latent_t: int, h: int, w: int, dtype: torch.dtype,
+                 device: torch.device) -> tuple[MMVDMTransformer, dict[str, torch.Tensor]]:
+    """A randomly initialised MMVDM (seed 0, built directly on ``device``) in ``dtype``, eval mode, and one
+    random input set: ``latents`` (1, V, T, C, h, w), ``cond``, ``ref``, ``ref_cond`` and ``timestep``."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = MMVDMTransformer.from_config(config)
+    model = torch.nn.Module.to(model, dtype).eval()  # (ModelMixin.to warns about fp32 modules it has none of)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    cc = config["conditioning_channels"]
+    inputs = {
+        "latents": torch.randn(1, views, latent_t, config["in_channels"], h, w, generator=gen).to(device, dtype),
+        "cond": torch.randn(1, views, latent_t, cc, h, w, generator=gen).to(device, dtype),
+        "ref": torch.randn(1, config["in_channels"], h, w, generator=gen).to(device, dtype),
+        "ref_cond": torch.randn(1, cc, h, w, generator=gen).to(device, dtype),
+        "timestep": torch.tensor([500], device=device),
+    }
+    return model, inputs
+
+
+def time_forward(model: MMVDMTransformer, inputs: dict[str, torch.Tensor], backend: str | None = None,
+                 steps: int = 1) -> dict:
+    """Mean seconds of ``steps`` forwards after one untimed warm-up, with diffusers attention ``backend``
+    (None: its default), and the peak memory of the timed forwards (module docstring); raises what the
+    forward raises (an unavailable backend, out of memory)."""
+    from diffusers.models.attention_dispatch import attention_backend
+
+    device = inputs["latents"].device
+
+    def forward() -> torch.Tensor:
+        return model(inputs["latents"], inputs["timestep"], reference=inputs["ref"], conditioning=inputs["cond"],
+                     reference_conditioning=inputs["ref_cond"]).sample
+
+    ctx = attention_backend(backend) if backend else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        forward()  # warm-up (kernel selection, allocator)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            _reset_peak_rss()
+            base = _status_kb("VmRSS") or 0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = forward()
+        _sync(device)
+        seconds = (time.perf_counter() - t0) / steps
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+        else:
+            peak = max(0, (_status_kb("VmHWM") or base) - base)
+    return {"seconds": seconds, "peak_memory_bytes": int(peak), "output": out}
+
+
 def run_bench(size: str = "tiny", views: int = 2, frames: int = 9, res: int = 64, dtype: str | torch.dtype = "bf16",
               attention: str = "auto", steps: int = 3, device: str | torch.device | None = None) -> dict:
     """Time ``steps`` forwards of a randomly initialised MMVDM (see the module docstring for every field).
@@ -100,49 +156,16 @@ def run_bench(size: str = "tiny", views: int = 2, frames: int = 9, res: int = 64
     config = mmvdm_2b_config() if size == "2b" else tiny_config()
     backend = None if attention == "auto" else ATTENTION_ALIASES.get(attention, attention)
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = MMVDMTransformer.from_config(config)
-    model = torch.nn.Module.to(model, dtype).eval()  # (ModelMixin.to warns about fp32 modules it has none of)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    cc = config["conditioning_channels"]
-    latents = torch.randn(1, views, t, config["in_channels"], h, w, generator=gen).to(device, dtype)
-    cond = torch.randn(1, views, t, cc, h, w, generator=gen).to(device, dtype)
-    ref = torch.randn(1, config["in_channels"], h, w, generator=gen).to(device, dtype)
-    ref_cond = torch.randn(1, cc, h, w, generator=gen).to(device, dtype)
-    timestep = torch.tensor([500], device=device)
-
-    def forward() -> torch.Tensor:
-        return model(latents, timestep, reference=ref, conditioning=cond, reference_conditioning=ref_cond).sample
-
-    from diffusers.models.attention_dispatch import attention_backend
-
-    ctx = attention_backend(backend) if backend else contextlib.nullcontext()
+    model, inputs = build_random(config, views, t, h, w, dtype, device)
     try:
-        with torch.inference_mode(), ctx:
-            forward()  # warm-up (kernel selection, allocator)
-            _sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            else:
-                _reset_peak_rss()
-                base = _status_kb("VmRSS") or 0
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                out = forward()
-            _sync(device)
-            seconds = (time.perf_counter() - t0) / steps
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device)
-            else:
-                peak = max(0, (_status_kb("VmHWM") or base) - base)
+        timing = time_forward(model, inputs, backend, steps)
     except (ValueError, RuntimeError, ImportError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise MVP4DError("OUT_OF_MEMORY", f"the {size} MMVDM at {views} views × {frames} frames × {res}² does "
                              f"not fit on {device}") from exc
         raise MVP4DError("BAD_INPUT", f"attention backend {attention!r} failed on {device}: {exc}",
                          "Use --attention auto or native.") from exc
+    seconds, peak, out = timing["seconds"], timing["peak_memory_bytes"], timing["output"]
     flops = forward_flops(config, views, t, h, w, reference=True)
     rate = matmul_tflops(device)
     achieved = flops["total"] / seconds / 1e12
@@ -170,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    # failures propagate to ``backend.cli.main``, which reports them as one ``error`` event
-    result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
-                       args.device)
+    try:  # typed errors as one error event; anything else reaches backend.cli.main's guard
+        result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
+                           args.device)
+    except MVP4DError as exc:
+        return report_error(exc)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -37,7 +37,7 @@ from .transformer import MMVDMTransformer
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "LAYOUT", "MMVDMComponents", "build_mmvdm_from_cogvideox", "save_mmvdm",
     "mmvdm_state_from_cogvideox",
-    "load_mmvdm", "check_weights", "mmvdm_2b_config", "tiny_config", "estimate_memory",
+    "load_mmvdm", "check_weights", "mmvdm_2b_config", "tiny_config", "estimate_memory", "init_random_mmvdm",
 ]
 
 log = logging.getLogger(__name__)
@@ -303,3 +303,31 @@ def build_mmvdm_from_cogvideox(src_dir: str | Path, dst_dir: str | Path, conditi
             "conditioning_channels": conditioning_channels, "attention_scale_mode": attention_scale_mode,
             "parameters": sum(p.numel() for p in model.parameters())}
     return save_mmvdm(dst_dir, model, src / "vae", s_cfg, info, max_shard_size)
+
+
+def init_random_mmvdm(dst_dir: str | Path, size: str = "tiny", seed: int = 0, conditioning_channels: int = 59,
+                      dtype: torch.dtype = torch.float32) -> Path:
+    """A complete MMVDM folder with randomly initialised weights (seeded): smoke tests, scaling checks and
+    benchmarks of the whole path without CogVideoX. ``tiny``: the CPU-test sizes (``tiny_config``,
+    ``tiny_vae_config``); ``2b``: the full-size transformer and CogVideoX's VAE architecture. The new
+    conditioning input channels are zero like a fresh conversion (``from_config`` does that). Refuses an
+    existing ``dst_dir`` (nothing is overwritten). The output is noise: ``mmvdm.json`` says so."""
+    from .configs import tiny_vae_config
+    from .sampler import SCHEDULER_CONFIG
+
+    dst = Path(dst_dir)
+    if dst.exists():
+        raise MVP4DError("BAD_INPUT", f"{dst} already exists", "Choose a new folder for the weights.")
+    if size not in ("tiny", "2b"):
+        raise MVP4DError("BAD_INPUT", f"unknown model size {size!r}", "Use --size tiny or --size 2b.")
+    torch.manual_seed(int(seed))
+    if size == "tiny":
+        model = MMVDMTransformer.from_config(tiny_config(conditioning_channels))
+        vae = AutoencoderKLCogVideoX(**tiny_vae_config())
+    else:
+        model = MMVDMTransformer.from_config(mmvdm_2b_config(conditioning_channels))
+        vae = AutoencoderKLCogVideoX()
+    model, vae = torch.nn.Module.to(model, dtype), torch.nn.Module.to(vae, dtype)
+    info = {"source": "random", "size": size, "seed": int(seed), "dtype": str(dtype).removeprefix("torch."),
+            "note": "randomly initialised weights: the output is noise (tests and benchmarks only)"}
+    return save_mmvdm(dst, model, vae, dict(SCHEDULER_CONFIG), info)

@@ -109,10 +109,19 @@ def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int
     if generator not in proto.GENERATORS:
         raise InputError(f"unknown generator {generator!r}", f"Use one of {', '.join(proto.GENERATORS)}.")
     p = common.prefs()
-    weights = bpy.path.abspath(p.weights_dir) if p is not None and p.weights_dir else None
+    from .prefs import generator_weights
+
+    weights = generator_weights(p, generator)
     if generator == "mmvdm" and not weights:
         raise InputError("the MMVDM generator needs its weights folder",
                          "Set MMVDM weights in the preferences, or use the Projection generator.")
+    if generator == "cap4d" and not weights:
+        raise InputError("the CAP4D generator needs its weights",
+                         "Convert cap4d_mmdm_100k.ckpt with 'python -m backend weights convert' and set CAP4D "
+                         "weights in the preferences.")
+    if generator == "cap4d" and rig.get("mvp4d_flame_source", "toy") == "toy":
+        raise InputError("the CAP4D generator needs the real FLAME model, not the toy head",
+                         proto.ERROR_CODES["FLAME_REQUIRED"])
     cams = None
     if collection is not None:
         try:
@@ -129,7 +138,8 @@ def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int
     spec = {
         "inputs": {"flame_model": rig.get("mvp4d_flame_source", "toy")},
         "cameras": {"preset": preset, "cameras": cams},
-        "generator": {"name": generator, "weights": weights if generator == "mmvdm" else None, "seed": int(seed),
+        "generator": {"name": generator, "weights": weights if generator in ("mmvdm", "cap4d") else None,
+                      "seed": int(seed),
                       # the preferences' memory preset and device travel in the spec, not the environment
                       "vram": {"LOW": "low", "MEDIUM": "medium", "HIGH": "high"}[p.vram_preset] if p else None,
                       "device": None if p is None or p.device == "AUTO" else p.device.lower()},

@@ -123,6 +123,10 @@ def generate_blocker(context) -> str | None:
         return "No backend: set it in Preferences > Add-ons > MVP4D"
     if m.generator == "mmvdm" and not (common.prefs() and common.prefs().weights_dir):
         return "MMVDM needs its weights folder (Preferences)"
+    if m.generator == "cap4d" and not (common.prefs() and common.prefs().cap4d_weights):
+        return "CAP4D needs its weights (Preferences)"
+    if m.generator == "cap4d" and m.rig.get("mvp4d_flame_source", "toy") == "toy":
+        return "CAP4D needs the real FLAME model: set it in Preferences and add a FLAME rig"
     return None
 
 
@@ -134,6 +138,12 @@ class MVP4D_PT_generate(_Panel, bpy.types.Panel):
         m, layout = context.scene.mvp4d, self.layout
         p = common.prefs()
         layout.prop(m, "generator")
+        if m.generator == "cap4d":
+            from .prefs import cap4d_licence_lines
+
+            col = layout.column(align=True)
+            for i, line in enumerate(cap4d_licence_lines(40)):
+                col.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         layout.prop(m, "preset")
         layout.label(text=describe(m.generator, m.preset, p.vram_preset if p else "MEDIUM"), icon="MEMORY")
         layout.prop(m, "output_dir")

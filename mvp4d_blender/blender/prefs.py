@@ -15,10 +15,26 @@ import bpy
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..io.installer import Installer, default_base_python, env_python, plan
+from .. import backend_link
 from . import common
 
 _installer: Installer | None = None
 _check: dict = {"thread": None, "result": None}
+
+
+def cap4d_licence_lines(width: int = 70) -> list[str]:
+    """The CAP4D licence (protocol.CAP4D_LICENCE) wrapped for labels."""
+    import textwrap
+
+    return textwrap.wrap(backend_link.protocol().CAP4D_LICENCE, width)
+
+
+def generator_weights(p, generator: str) -> str | None:
+    """The weights path the preferences give for ``generator`` (None when unset or not needed)."""
+    if p is None:
+        return None
+    path = {"mmvdm": p.weights_dir, "cap4d": p.cap4d_weights}.get(generator, "")
+    return bpy.path.abspath(path) if path else None
 
 
 class MVP4D_CheckItem(bpy.types.PropertyGroup):
@@ -47,6 +63,9 @@ class MVP4D_AddonPreferences(bpy.types.AddonPreferences):
                                 description="FLAME 2020/2023/2023 Open .pkl or .npz (empty: the embedded toy head)")
     weights_dir: StringProperty(name="MMVDM weights", subtype="DIR_PATH",
                                 description="Folder with the MMVDM weights (empty: only the projection generator)")
+    cap4d_weights: StringProperty(name="CAP4D weights", subtype="FILE_PATH",
+                                  description="CAP4D folder made by 'python -m backend weights convert' (or the "
+                                  "cap4d_mmdm_100k.ckpt itself). CC BY-NC 4.0 + OpenRAIL++: not for commercial use")
     device: EnumProperty(name="Device", items=[("AUTO", "Auto", "CUDA when available, else CPU"),
                                                ("CUDA", "CUDA", "NVIDIA GPU"), ("CPU", "CPU", "No GPU"),
                                                ("MPS", "Apple GPU", "Metal (macOS)")], default="AUTO")
@@ -90,6 +109,10 @@ class MVP4D_AddonPreferences(bpy.types.AddonPreferences):
         box.label(text="2. Resources", icon="FILE_FOLDER")
         box.prop(self, "flame_model")
         box.prop(self, "weights_dir")
+        box.prop(self, "cap4d_weights")
+        if self.cap4d_weights:
+            for line in cap4d_licence_lines():
+                box.label(text=line, icon="INFO" if line.startswith("CAP4D") else "BLANK1")
         row = box.row()
         row.prop(self, "device")
         row.prop(self, "vram_preset")
@@ -235,7 +258,7 @@ class MVP4D_OT_check_backend(bpy.types.Operator):
         p = common.prefs()
         py = common.backend_python()
         flame = common.flame_source()
-        weights = bpy.path.abspath(p.weights_dir) if p is not None and p.weights_dir else ""
+        weights = generator_weights(p, context.scene.mvp4d.generator) or ""
         if self.wait or bpy.app.background:
             report = run_doctor(py, "" if flame == "toy" else flame, weights)
             if p is not None:

@@ -22,6 +22,8 @@ RING_ITEMS = PRESET_ITEMS + [("custom", "Custom", "An even ring: choose count, a
 GENERATOR_ITEMS = [
     ("projection", "Projection (preview)", "Weights-free: the photo projected onto the fitted head"),
     ("mmvdm", "MMVDM", "The multi-view video diffusion model (needs its weights and a GPU)"),
+    ("cap4d", "CAP4D (non-commercial)", "CAP4D's public diffusion model: needs its weights, the real FLAME and a "
+     "GPU. Licence CC BY-NC 4.0 + OpenRAIL++: not for commercial use"),
 ]
 ANIM_ITEMS = [
     ("BUILTIN", "Built-in", "The backend's default sequence (smile, jaw open, blink)"),

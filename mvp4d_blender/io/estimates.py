@@ -15,9 +15,18 @@ _HIGH = {
     ("projection", "360"): 2.5,
 }
 _MODE_FACTOR = {"HIGH": 1.0, "MEDIUM": 0.6, "LOW": 0.35}
+#: CAP4D (backend/generators/cap4d.py estimate, bf16): GiB per VRAM mode, whatever the preset
+_CAP4D_GIB = {"HIGH": 23.9, "MEDIUM": 7.1, "LOW": 4.3}
+#: CAP4D compute per camera preset (its default quality: images x steps, 14.03 TFLOP per CFG 8-view
+#: forward, ceil(images / 7) forwards per step; backend/cap4d/cost.py)
+_CAP4D_PFLOP = {"tiny": 0.0, "preview": 21.1, "120": 42.1, "360": 168.4}
+#: assumed effective GPU rate for the time estimate (40 % of an H100's bf16 dense rate; not measured)
+_CAP4D_TFLOPS = 320.0
 
 
 def vram_estimate_gib(generator: str, preset: str, vram_mode: str) -> float:
+    if generator == "cap4d":
+        return _CAP4D_GIB.get(vram_mode.upper(), _CAP4D_GIB["MEDIUM"])
     base = _HIGH.get((generator, preset), 8.0)
     if generator == "projection":
         return base
@@ -27,4 +36,8 @@ def vram_estimate_gib(generator: str, preset: str, vram_mode: str) -> float:
 def describe(generator: str, preset: str, vram_mode: str) -> str:
     gib = vram_estimate_gib(generator, preset, vram_mode)
     where = "GPU or CPU" if generator == "projection" else "GPU"
-    return f"~{gib:g} GiB peak ({where}, {vram_mode.lower()} VRAM mode)"
+    text = f"~{gib:g} GiB peak ({where}, {vram_mode.lower()} VRAM mode)"
+    if generator == "cap4d" and _CAP4D_PFLOP.get(preset):
+        minutes = _CAP4D_PFLOP[preset] * 1000.0 / _CAP4D_TFLOPS / 60.0
+        text += f", ~{minutes:.0f} min sampling on an H100 + fit"
+    return text

@@ -213,3 +213,25 @@ def test_bench_tiny_returns_json(capsys):
     assert main(["--size", "tiny", "--views", "1", "--frames", "1", "--res", "16", "--steps", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["tokens"] == 2 and printed["output_shape"] == [1, 1, 1, 4, 2, 2]
+
+
+def test_weights_init_writes_a_loadable_seeded_random_folder_and_refuses_an_existing_one(tmp_path, capsys):
+    from backend.cli import main as cli_main
+    from backend.mmvdm.weights import check_weights, load_mmvdm
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert cli_main(["weights", "init", "--size", "tiny", "--out", str(a)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["initialised"] == str(a)
+    assert cli_main(["weights", "init", "--out", str(b)]) == 0
+    assert cli_main(["weights", "init", "--out", str(c), "--seed", "1"]) == 0
+    info = check_weights(a)
+    assert json.loads((a / "mmvdm.json").read_text())["source"] == "random"
+    ma, mb, mc = (load_mmvdm(f).transformer.state_dict() for f in (a, b, c))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)  # same seed, same weights
+    assert any(not torch.equal(ma[k], mc[k]) for k in ma)
+    assert info is not None
+    before = sorted(p.name for p in a.rglob("*"))
+    capsys.readouterr()
+    assert cli_main(["weights", "init", "--out", str(a)]) == 1
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["code"] == "BAD_INPUT"
+    assert sorted(p.name for p in a.rglob("*")) == before

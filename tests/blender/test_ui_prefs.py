@@ -151,3 +151,28 @@ def test_panels_draw(scene, astronaut, toy_bundle, state):
         prefs().backend_mode = mode
         type(prefs()).draw(Prefs(), bpy.context)
     prefs().backend_mode = "EXISTING"
+
+
+def test_cap4d_choice_shows_licence_needs_weights_and_real_flame(scene, astronaut, tmp_path):
+    panels = import_module(f"{ADDON}.blender.panels")
+    prefs_mod = import_module(f"{ADDON}.blender.prefs")
+    jobspec = import_module(f"{ADDON}.blender.jobspec")
+    estimates = import_module(f"{ADDON}.io.estimates")
+    scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    scene.mvp4d.generator = "cap4d"
+    assert "CAP4D needs its weights" in panels.generate_blocker(bpy.context)
+    prefs().cap4d_weights = str(tmp_path / "cap4d")
+    try:
+        assert "real FLAME" in panels.generate_blocker(bpy.context)
+        with pytest.raises(jobspec.InputError) as e:
+            jobspec.build_spec(scene, scene.mvp4d.rig, None, generator="cap4d", preset="tiny", seed=0,
+                               animation="BUILTIN", frame_start=1, frame_end=2)
+        assert "FLAME" in str(e.value)
+        assert prefs_mod.generator_weights(prefs(), "cap4d") == str(tmp_path / "cap4d")
+    finally:
+        prefs().cap4d_weights = ""
+    text = " ".join(prefs_mod.cap4d_licence_lines())
+    assert "CC BY-NC 4.0" in text and "not for commercial use" in text
+    d = estimates.describe("cap4d", "360", "MEDIUM")
+    assert "7.1 GiB" in d and "min" in d

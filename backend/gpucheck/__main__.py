@@ -1,0 +1,7 @@
+"""``python -m backend.gpucheck``: see ``backend.gpucheck.runner``."""
+
+import sys
+
+from .runner import main
+
+sys.exit(main())
