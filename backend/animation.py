@@ -17,8 +17,8 @@ import torch
 from .errors import bad_input
 from .flame.lbs import FlameParams
 from .flame.model import FlameModel
+from .protocol import BUILTIN_ANIMATIONS
 
-BUILTIN_ANIMATIONS = ("default", "neutral")
 
 # Keyframes of the default sequence at normalised time: (t, smile, jaw_open, blink).
 _DEFAULT_KEYS = np.array(

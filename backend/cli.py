@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError
+from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
 from .events import CancelToken, EventSink
 from .protocol import (
     CAP4D_QUALITY,
@@ -66,9 +66,12 @@ def cmd_track(args: argparse.Namespace) -> int:
         sink.stage("track", "end")
         sink.done({"flame_params": "flame_params.npz", "camera": "camera.json", "matted": "matted.png"})
         return 0
-    except MVP4DError as e:
-        sink.error(e, stage="track")
-        return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported as an event, in the file too
+        from .failures import classify, job_log_dir
+
+        err = classify(e, log_dir=job_log_dir(out))
+        sink.error(err, stage="track")
+        return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
@@ -233,12 +236,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_dir_of(args: argparse.Namespace | None) -> str | None:
+    """The job folder a command works on (where an INTERNAL error's log goes), if any."""
+    if args is None:
+        return None
+    return getattr(args, "job_dir", None) or getattr(args, "out", None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; whatever goes wrong ends as one ``error`` event on stdout and a non-zero exit.
+
+    This guard is the last line of every entry point, delegated tools included: :func:`classify`
+    turns the exception into a typed error (``INTERNAL`` only for bugs, with its traceback in a log
+    file named in the message), so no traceback reaches the console. Usage errors keep argparse's
+    message on stderr and exit 2, with a ``BAD_INPUT`` event on stdout as well.
+    """
+    from .failures import classify, job_log_dir
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATES:  # argparse's REMAINDER drops leading options, so route directly
-        return cmd_delegate(argparse.Namespace(command=argv[0], rest=argv[1:]))
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    args: argparse.Namespace | None = None
+    try:
+        if argv and argv[0] in DELEGATES:  # argparse's REMAINDER drops leading options, so route directly
+            return cmd_delegate(argparse.Namespace(command=argv[0], rest=argv[1:]))
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except SystemExit as e:
+        if e.code in (None, 0) or not isinstance(e.code, int):
+            raise
+        tool = " ".join(["python -m backend", *argv[:1]])
+        err = bad_input(f"the command line is not valid for '{tool}' (argparse's message is on stderr)",
+                        f"Run '{tool} --help' for the options.")
+        EventSink(None, stream=sys.stdout).error(err)
+        return e.code
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence
+        err = classify(e, log_dir=job_log_dir(_job_dir_of(args)))
+        EventSink(None, stream=sys.stdout).error(err)
+        return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

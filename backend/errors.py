@@ -27,7 +27,9 @@ ERROR_CODES: dict[str, str] = {
     "CANCELLED": "Run the job again to resume where it stopped.",
     "JOB_LOCKED": "Another backend process is running this job; wait for it to finish or cancel it first.",
     "OUTPUT_EXISTS": "Choose a new output path, or pass --overwrite; nothing was changed.",
-    "INTERNAL": "This is a bug; please report it with the job's events.jsonl.",
+    "DISK_FULL": "Free disk space (or raise the quota) on the drive named in the message and run again.",
+    "NOT_WRITABLE": "Choose a folder you can write to, or fix the permissions of the path named in the message.",
+    "INTERNAL": "This is a bug; please report it with the log file named in the message.",
 }
 
 #: exit code used for each error (argparse/usage errors use 2 as usual)

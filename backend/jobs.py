@@ -18,18 +18,19 @@ import re
 import shutil
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
+from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, bad_input
 from .events import CancelToken, EventSink
+from .failures import classify, job_log_dir
 from .fsutil import PARTIAL_RE, atomic_path, remove_inside, remove_partials, write_json_atomic, write_text_atomic
 from .joblock import LOCK_NAME, JobLock
 from .jobpaths import check_own_file, check_tree, confine
-from .protocol import InputsSpec, JobSpec
+from .preflight import check_animation_source, check_job
+from .protocol import JOB_STAGES, InputsSpec, JobSpec
 
 
 @dataclass
@@ -109,13 +110,9 @@ def create_job(
         if not anim.is_file():
             raise bad_input(f"animation file {anim} does not exist", "Pass an .npz of FLAME parameters.")
         spec.animation.source = f"inputs/animation{_suffix(anim, '.npz')}"
+        check_animation_source(str(anim), None)  # the file itself, before it is copied
     spec = JobSpec.from_json(spec.to_json())  # validate what we are about to write
-    if spec.generator.name == "cap4d" and spec.inputs.flame_model == "toy":
-        raise MVP4DError("FLAME_REQUIRED", "the CAP4D generator needs the real FLAME model; the embedded toy head "
-                         "cannot be used")
-    from .avatar.settings import FitSettings
-
-    FitSettings.from_json(spec.fit, spec.cameras.preset)  # a bad "fit" block fails now, not after the corpus
+    check_job(spec)  # every setting now, not after the corpus (run_job checks again, with the files)
     if job_dir.exists() and not job_dir.is_dir():
         raise bad_input(f"{job_dir} exists and is not a folder", "Choose a new or empty output folder.")
     if not (job_dir / "job.json").is_file():
@@ -184,15 +181,18 @@ def run_job(
     job_dir = Path(job_dir)
     try:
         sink, lock = _open_job(job_dir, sink)
-    except MVP4DError as e:  # on stdout only: the job's log may be another run's, or lead outside the job
-        (sink or EventSink(None, stream=sys.stdout)).error(e)
-        return EXIT_ERROR
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - on stdout only: the job's log may be another
+        err = classify(e)                        # run's, or lead outside the job (a read-only folder: NOT_WRITABLE)
+        (sink or EventSink(None, stream=sys.stdout)).error(err)
+        return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR
     cancel = cancel or CancelToken(job_dir / "cancel")
-    stages = list(stages) if stages is not None else _default_stages()
     current: str | None = None
     try:
         spec = JobSpec.load(job_dir)
         spec.check_paths(job_dir)
+        names = JOB_STAGES if stages is None else [st.name for st in stages]
+        check_job(spec, job_dir, until=until, stage_names=names)  # all settings and inputs, before any stage
+        stages = list(stages) if stages is not None else _default_stages()
         check_tree(job_dir)  # no link leads out of the job, so nothing derived inside it can
         _clear_cancel_request(job_dir)
         removed = remove_partials(job_dir, recursive=True)
@@ -220,22 +220,10 @@ def run_job(
         current = None
         sink.done(outputs)
         return 0
-    except Cancelled as e:
-        sink.error(e, stage=current)
-        return EXIT_CANCELLED
-    except MVP4DError as e:
-        sink.error(e, stage=current)
-        return EXIT_ERROR
-    except MemoryError:
-        sink.error(MVP4DError("OUT_OF_MEMORY", "ran out of memory"), stage=current)
-        return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 - every failure must reach the user as an event
-        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError without importing torch
-            sink.error(MVP4DError("OUT_OF_MEMORY", f"GPU out of memory: {e}"), stage=current)
-        else:
-            traceback.print_exc(file=sys.stderr)
-            sink.error(MVP4DError("INTERNAL", f"{type(e).__name__}: {e}"), stage=current)
-        return EXIT_ERROR
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure reaches the user as an event
+        err = classify(e, log_dir=job_log_dir(job_dir))  # INTERNAL writes its traceback to <job>/logs/
+        sink.error(err, stage=current)
+        return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR
     finally:
         lock.release()
 

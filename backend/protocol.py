@@ -22,10 +22,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ERROR_CODES, MVP4DError
+from .errors import ERROR_CODES, MVP4DError, bad_input
 from .jobpaths import check_name, confine, name_key, safe_name, split_rel  # noqa: F401 - safe_name: add-on
 
 SCHEMA_VERSION = 1
+
+#: Bounds of the job spec: beyond these a value is a mistake, not a setting (docs/reliability.md, section 4).
+MAX_IMAGE_SIDE = 8192
+MAX_FRAMES = 100_000
+MAX_CAMERAS = 1024
+MAX_STEPS = 1000  # DDIM steps: the schedule has 1000 training timesteps
+MAX_SEED = 2**32 - 1
+MAX_JOB_JSON_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+
+#: The job's stages in order (backend/stages.py implements them; ``run --until`` takes one of these).
+JOB_STAGES = ("track", "corpus", "fit", "export")
 
 # ---------------------------------------------------------------------------------------------
 # Quality presets: views, frames, resolution. The add-on shows these; cameras.py builds the rings.
@@ -102,6 +114,7 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 CFG_PASSES = ("sequential", "batched")
 CORPUS_FORMATS = ("png",)
 DEFAULT_FPS = 24.0
+BUILTIN_ANIMATIONS = ("default", "neutral")  # animation.source "builtin:<name>" (backend/animation.py)
 
 #: Keys of an animation ``.npz`` (driving sequence of FLAME parameters), T frames.
 #: ``expr`` is required; the others default to zeros. Extra expression components beyond the
@@ -132,7 +145,7 @@ FLAME_PARAM_KEYS: dict[str, str] = {
 
 
 def _fail(where: str, what: str) -> MVP4DError:
-    return MVP4DError("BAD_INPUT", f"{where} {what}", "Fix that field of the job spec (job.json) and run again.")
+    return bad_input(f"{where} {what}", "Fix that field of the job spec (job.json) and run again.")
 
 
 def _obj(d: Any, where: str) -> dict:
@@ -148,36 +161,162 @@ def _known(d: dict, cls: type, where: str) -> None:
         raise _fail(f"{where}.{extra[0]}", "is not a known field")
 
 
-def _num(v: Any, where: str, *, positive: bool = False, minimum: float | None = None) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _fail(where, "must be a finite number")
-    if positive and v <= 0:
-        raise _fail(where, "must be a positive number")
-    if minimum is not None and v < minimum:
-        raise _fail(where, f"must be >= {minimum}")
-    return float(v)
+def _num(v: Any, where: str, *, positive: bool = False, minimum: float | None = None,
+         maximum: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _fail(where, f"must be a finite number (got {_show(v)})")
+    try:
+        x = float(v)
+    except OverflowError:  # an integer too large for a float
+        raise _fail(where, "must be a finite number (got an integer too large)") from None
+    if not math.isfinite(x):
+        raise _fail(where, f"must be a finite number (got {_show(v)})")
+    if positive and x <= 0:
+        raise _fail(where, f"must be a positive number (got {_show(v)})")
+    if minimum is not None and x < minimum:
+        raise _fail(where, f"must be >= {minimum} (got {_show(v)})")
+    if maximum is not None and x > maximum:
+        raise _fail(where, f"must be <= {maximum} (got {_show(v)})")
+    return x
 
 
-def _int(v: Any, where: str, *, minimum: int | None = None) -> int:
+def _int(v: Any, where: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _fail(where, "must be an integer")
+        raise _fail(where, f"must be an integer (got {_show(v)})")
     if minimum is not None and v < minimum:
-        raise _fail(where, f"must be >= {minimum}")
+        raise _fail(where, f"must be >= {minimum} (got {_show(v)})")
+    if maximum is not None and v > maximum:
+        raise _fail(where, f"must be <= {maximum} (got {_show(v)})")
     return v
+
+
+def _show(v: Any) -> str:
+    """A short, one-line rendering of a bad value for an error message."""
+    text = repr(v) if not isinstance(v, int) or isinstance(v, bool) or abs(v) < 10**30 else "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _str(v: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
     if not isinstance(v, str) or not v:
-        raise _fail(where, "must be a non-empty string")
+        raise _fail(where, f"must be a non-empty string (got {_show(v)})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in v) or len(v) > 4096:
+        raise _fail(where, "may not hold control characters (NUL, newline ...) or more than 4096 characters")
     if choices is not None and v not in choices:
-        raise _fail(where, f"must be one of {', '.join(choices)} (got {v!r})")
+        raise _fail(where, f"must be one of {', '.join(choices)} (got {_show(v)})")
     return v
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The type and range of one setting: the one way settings outside the fixed spec are declared.
+
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``lo``/``hi`` bound numbers (``open_lo``
+    makes ``lo`` itself invalid, e.g. learning rates must be > 0); ``choices`` lists valid strings;
+    ``optional`` allows ``null``. :meth:`check` raises ``BAD_INPUT`` naming ``where``.
+    """
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    choices: tuple[str, ...] | None = None
+    optional: bool = False
+
+    def check(self, v: Any, where: str) -> Any:
+        if v is None and self.optional:
+            return None
+        if self.kind is bool:
+            if not isinstance(v, bool):
+                raise _fail(where, f"must be true or false (got {_show(v)})")
+            return v
+        if self.kind is str:
+            return _str(v, where, self.choices)
+        if self.kind is dict:
+            return _obj(v, where)
+        if self.kind is int:
+            v = _int(v, where, maximum=None if self.hi is None else int(self.hi))
+        else:
+            v = _num(v, where, maximum=self.hi)
+        if self.lo is not None and (v <= self.lo if self.open_lo else v < self.lo):
+            raise _fail(where, f"must be {'>' if self.open_lo else '>='} {self.lo} (got {_show(v)})")
+        return v
+
+
+def check_rules(values: dict[str, Any], rules: dict[str, Rule], where: str) -> dict[str, Any]:
+    """Check every value against its rule; a name without a rule is an unknown setting."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if k not in rules:
+            raise MVP4DError("BAD_INPUT", f"{where}.{k} is not a known setting",
+                             f"Known settings: {', '.join(sorted(rules))}.")
+        out[k] = rules[k].check(v, f"{where}.{k}")
+    return out
 
 
 def _rel_path(v: Any, where: str) -> str:
     """A path relative to the job folder that cannot leave it: safe components only (lexical check)."""
     split_rel(v, where)
     return v
+
+
+def _invertible3(m: list[list[float]]) -> bool:
+    """Whether the upper-left 3x3 block of ``m`` is invertible, relative to its size (no numpy here)."""
+    a = [r[:3] for r in m[:3]]
+    det = (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+           - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+           + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+    size = math.sqrt(sum(x * x for r in a for x in r) / 3.0)
+    return math.isfinite(det) and size > 0 and abs(det) > 1e-9 * size**3
+
+
+def check_device(dev: Any, where: str, *, allow_auto: bool) -> str:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` (and ``auto`` where allowed), else ``BAD_INPUT``."""
+    dev = _str(dev, where)
+    kind, _, index = dev.partition(":")
+    ok = (kind in ("cpu", "cuda", "mps") and not index) or (kind == "cuda" and index.isdigit() and len(index) < 4)
+    if not ok and not (allow_auto and dev == "auto"):
+        raise _fail(where, f"must be {'auto, ' if allow_auto else ''}cpu, cuda, cuda:N or mps (got {_show(dev)})")
+    return dev
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """The bytes of a small file, refusing one larger than ``limit`` before reading it."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise bad_input(f"{what} is larger than {limit // (1024 * 1024)} MB: not a file this program writes",
+                        f"Check {path}.")
+    return data
+
+
+def parse_json(data: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON text (UTF-8 when bytes) -> value, or ``BAD_INPUT`` naming ``what``: bad encoding, bad syntax,
+    nesting deeper than ``max_depth`` (checked without recursion, so no input can exhaust the stack)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise bad_input(f"{what} is not UTF-8 text (byte {e.start}: {e.reason})",
+                            f"Save {what} as UTF-8 (the backend and the add-on write it so).") from None
+    depth = deepest = 0
+    in_str = esc = False
+    for ch in data:  # bracket depth outside strings, before the (recursive) parser sees the text
+        if in_str:
+            esc, in_str = (False, True) if esc else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise bad_input(f"{what} nests deeper than {max_depth} levels: not a file this program writes",
+                                f"Check {what}.")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise bad_input(f"{what} is not valid JSON ({str(e)[:200]})", f"Rewrite {what}.") from None
 
 
 def resolve_job_path(job_dir: str | os.PathLike, rel: str, where: str = "path") -> Path:
@@ -217,17 +356,19 @@ class CameraSpec:
         rows = [[_num(x, f"{where}.world_to_cam[{i}][{j}]") for j, x in enumerate(r)] for i, r in enumerate(m)]
         if rows[3] != [0.0, 0.0, 0.0, 1.0]:
             raise _fail(f"{where}.world_to_cam", "last row must be [0, 0, 0, 1]")
+        if not _invertible3(rows):
+            raise _fail(f"{where}.world_to_cam", "is singular (its 3x3 part cannot be inverted)")
         key = d.get("key", False)
         if not isinstance(key, bool):
             raise _fail(f"{where}.key", "must be true or false")
         return cls(
             name=check_name(d["name"], f"{where}.name"),  # it names the view's folder
-            width=_int(d["width"], f"{where}.width", minimum=8),
-            height=_int(d["height"], f"{where}.height", minimum=8),
-            fx=_num(d["fx"], f"{where}.fx", positive=True),
-            fy=_num(d["fy"], f"{where}.fy", positive=True),
-            cx=_num(d["cx"], f"{where}.cx"),
-            cy=_num(d["cy"], f"{where}.cy"),
+            width=_int(d["width"], f"{where}.width", minimum=8, maximum=MAX_IMAGE_SIDE),
+            height=_int(d["height"], f"{where}.height", minimum=8, maximum=MAX_IMAGE_SIDE),
+            fx=_num(d["fx"], f"{where}.fx", positive=True, maximum=1e7),
+            fy=_num(d["fy"], f"{where}.fy", positive=True, maximum=1e7),
+            cx=_num(d["cx"], f"{where}.cx", minimum=-1e7, maximum=1e7),
+            cy=_num(d["cy"], f"{where}.cy", minimum=-1e7, maximum=1e7),
             world_to_cam=rows,
             key=key,
         )
@@ -276,10 +417,11 @@ class AnimationSpec:
             src = _rel_path(src, f"{where}.source")
         nf = d.get("num_frames")
         if nf is not None:
-            nf = _int(nf, f"{where}.num_frames", minimum=1)
+            nf = _int(nf, f"{where}.num_frames", minimum=1, maximum=MAX_FRAMES)
             if (nf - 1) % 4 != 0:
                 raise _fail(f"{where}.num_frames", f"must be 1 + 4k (e.g. 49 or 89), got {nf}")
-        return cls(source=src, num_frames=nf, fps=_num(d.get("fps", DEFAULT_FPS), f"{where}.fps", positive=True))
+        return cls(source=src, num_frames=nf, fps=_num(d.get("fps", DEFAULT_FPS), f"{where}.fps", positive=True,
+                                                                 maximum=1000.0))
 
 
 @dataclass
@@ -295,7 +437,7 @@ class CamerasSpec:
         preset = _str(d.get("preset", "preview"), f"{where}.preset", tuple(PRESETS))
         res = d.get("resolution")
         if res is not None:
-            res = _int(res, f"{where}.resolution", minimum=16)
+            res = _int(res, f"{where}.resolution", minimum=16, maximum=MAX_IMAGE_SIDE)
             if res % 16:
                 raise _fail(f"{where}.resolution", f"must be a multiple of 16, got {res}")
         cams = d.get("cameras")
@@ -304,6 +446,8 @@ class CamerasSpec:
                 raise _fail(f"{where}.cameras", "must be a list")
             if not cams:
                 raise _fail(f"{where}.cameras", "is empty: the camera ring needs at least one camera")
+            if len(cams) > MAX_CAMERAS:
+                raise _fail(f"{where}.cameras", f"has {len(cams)} cameras; at most {MAX_CAMERAS} are supported")
             cams = [CameraSpec.from_json(c, f"{where}.cameras[{i}]") for i, c in enumerate(cams)]
             seen: dict[str, int] = {}
             for i, c in enumerate(cams):  # "Cam" and "cam" are one folder on macOS and Windows
@@ -357,14 +501,13 @@ class GeneratorSpec:
         dev = d.get("device")
         if dev is not None:
             dev = _str(dev, f"{where}.device")
-            if dev.split(":")[0] not in ("cpu", "cuda", "mps"):
-                raise _fail(f"{where}.device", f"must be cpu, cuda, cuda:N or mps (got {dev!r})")
+            check_device(dev, f"{where}.device", allow_auto=False)
         return cls(
             name=_str(d.get("name", "projection"), f"{where}.name", GENERATORS),
             weights=w,
-            seed=_int(d.get("seed", 0), f"{where}.seed", minimum=0),
-            steps_key=_int(d.get("steps_key", 100), f"{where}.steps_key", minimum=1),
-            steps_other=_int(d.get("steps_other", 50), f"{where}.steps_other", minimum=1),
+            seed=_int(d.get("seed", 0), f"{where}.seed", minimum=0, maximum=MAX_SEED),
+            steps_key=_int(d.get("steps_key", 100), f"{where}.steps_key", minimum=1, maximum=MAX_STEPS),
+            steps_other=_int(d.get("steps_other", 50), f"{where}.steps_other", minimum=1, maximum=MAX_STEPS),
             guidance=_str(d.get("guidance", "multiview"), f"{where}.guidance", GUIDANCE_MODES),
             sampler=_str(d.get("sampler", "joint"), f"{where}.sampler", SAMPLERS),
             dtype=_str(d.get("dtype", "auto"), f"{where}.dtype", DTYPES),
@@ -373,7 +516,7 @@ class GeneratorSpec:
             cfg_passes=opt("cfg_passes", CFG_PASSES),
             vae_tiling=tiling,
             refine_strength=refine,
-            preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1),
+            preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1, maximum=MAX_STEPS),
             device=dev,
             quality=opt("quality", tuple(CAP4D_QUALITY)),
         )
@@ -425,7 +568,7 @@ class JobSpec:
         d = _obj(d, "job.json")
         _known(d, cls, "job.json")
         v = d.get("schema_version")
-        if v != SCHEMA_VERSION:
+        if isinstance(v, bool) or not isinstance(v, int) or v != SCHEMA_VERSION:
             raise _fail("job.json: schema_version", f"must be {SCHEMA_VERSION} (got {v!r})")
         if "inputs" not in d:
             raise _fail("job.json: inputs", "is missing")
@@ -443,19 +586,15 @@ class JobSpec:
         )
 
     @classmethod
-    def loads(cls, text: str) -> "JobSpec":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MVP4DError("BAD_INPUT", f"job.json is not valid JSON ({e})", "Rewrite job.json.") from e
-        return cls.from_json(d)
+    def loads(cls, text: str | bytes) -> "JobSpec":
+        return cls.from_json(parse_json(text, "job.json"))
 
     @classmethod
     def load(cls, job_dir: str | os.PathLike) -> "JobSpec":
         path = confine(job_dir, "job.json", where="job.json")  # a link out of the job is refused
         if not path.is_file():
             raise MVP4DError("BAD_INPUT", f"no job.json in {job_dir}", "Create the job with 'corpus' or the add-on.")
-        return cls.loads(path.read_text(encoding="utf-8"))
+        return cls.loads(read_bounded(path, MAX_JOB_JSON_BYTES, "job.json"))
 
     def check_paths(self, job_dir: str | os.PathLike) -> None:
         """Check every job-relative path resolves inside ``job_dir`` (symlinks included)."""
@@ -517,9 +656,9 @@ class Event:
     @classmethod
     def loads(cls, line: str) -> "Event":
         try:
-            return cls.from_json(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise MVP4DError("BAD_INPUT", f"event line is not JSON: {line[:80]!r}") from e
+            return cls.from_json(parse_json(line, "event line"))
+        except MVP4DError as e:
+            raise MVP4DError("BAD_INPUT", f"{e.message}: {line[:80]!r}") from None
 
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -542,6 +681,18 @@ def error_event(err: MVP4DError, stage: str | None = None) -> Event:
 # ---------------------------------------------------------------------------------------------
 
 BUNDLE_SCHEMA_VERSION = 1
+
+#: Bounds of the job spec: beyond these a value is a mistake, not a setting (docs/reliability.md, section 4).
+MAX_IMAGE_SIDE = 8192
+MAX_FRAMES = 100_000
+MAX_CAMERAS = 1024
+MAX_STEPS = 1000  # DDIM steps: the schedule has 1000 training timesteps
+MAX_SEED = 2**32 - 1
+MAX_JOB_JSON_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+
+#: The job's stages in order (backend/stages.py implements them; ``run --until`` takes one of these).
+JOB_STAGES = ("track", "corpus", "fit", "export")
 BUNDLE_TENSORS: dict[str, str] = {
     "gaussians.parent_face": "(N,) int32 index of the parent triangle",
     "gaussians.local_position": "(N, 3) float32, triangle-local, in units of the triangle's size",

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..errors import MVP4DError
+
 #: held-out PSNR bar (dB) per preset: the bar the tests hold the CPU presets to
 PSNR_BAR = {"tiny": 22.0, "preview": 24.0, "120": 24.0, "360": 24.0}
 
@@ -34,8 +36,11 @@ def _build_job(root: Path, preset: str) -> Path:
     save_png_atomic(image, default_reference_image())
     job = root / "job"
     create_job(job, image, JobSpec(inputs=InputsSpec(reference_image=""), cameras=CamerasSpec(preset=preset)))
-    rc = run_job(job, until="corpus", sink=EventSink(job / "events.jsonl", stream=None))
-    if rc != 0:
+    sink = EventSink(job / "events.jsonl", stream=None)
+    if run_job(job, until="corpus", sink=sink) != 0:  # re-raise the job's own typed error, not a bug
+        err = next((e for e in reversed(sink.history) if e.type == "error"), None)
+        if err is not None and err.code:
+            raise MVP4DError(err.code, f"building the benchmark corpus failed: {err.message}", err.hint)
         raise RuntimeError(f"building the benchmark corpus failed (see {job / 'events.jsonl'})")
     return job
 

@@ -23,9 +23,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import MVP4DError
+from ..errors import MVP4DError, bad_input
 from ..fsutil import atomic_path
-from ..protocol import BUNDLE_METADATA_KEYS, BUNDLE_OPTIONAL, BUNDLE_SCHEMA_VERSION, BUNDLE_TENSORS
+from ..protocol import BUNDLE_METADATA_KEYS, BUNDLE_OPTIONAL, BUNDLE_SCHEMA_VERSION, BUNDLE_TENSORS, parse_json
+
+_MAX_HEADER_DEPTH = 16  # tensors, metadata and the settings inside it: a few levels in a bundle we write
 
 __all__ = ["AvatarBundle", "TENSOR_SPECS", "read_bundle", "write_bundle"]
 
@@ -50,7 +52,8 @@ assert len(set(_FIELD.values())) == len(_FIELD), "bundle tensor names must end u
 
 
 def _bad(message: str, hint: str | None = None) -> MVP4DError:
-    return MVP4DError("BAD_INPUT", message, hint or "Re-export the avatar bundle with the MVP4D backend.")
+    """:func:`~backend.errors.bad_input` with the bundle's default hint."""
+    return bad_input(message, hint or "Re-export the avatar bundle with the MVP4D backend.")
 
 
 @dataclass(eq=False)
@@ -231,10 +234,17 @@ def _header_metadata(data: bytes, where: str) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file: u64 little-endian header size, then JSON."""
     try:
         (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-        meta = header.get("__metadata__") or {}
-    except (struct.error, UnicodeDecodeError, ValueError, AttributeError) as e:
+    except struct.error as e:
         raise _bad(f"{where} is not a safetensors file ({e})") from e
+    if n > len(data) - 8:
+        raise _bad(f"{where} is not a safetensors file (its header is longer than the file)")
+    try:  # bounded nesting: a header of 100 000 brackets is refused, not a RecursionError
+        header = parse_json(data[8:8 + n], "its header", max_depth=_MAX_HEADER_DEPTH)
+    except MVP4DError as e:
+        raise _bad(f"{where} is not a safetensors file ({e.message})") from None
+    if not isinstance(header, dict):
+        raise _bad(f"{where} is not a safetensors file (its header is not a JSON object)")
+    meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise _bad(f"{where} has malformed safetensors metadata")
     return meta
@@ -252,10 +262,12 @@ def read_bundle(path: str | os.PathLike) -> AvatarBundle:
     raw_meta = _header_metadata(data, where)
     meta: dict[str, Any] = {}
     for key, text in raw_meta.items():
+        if not isinstance(text, str):
+            raise _bad(f"{where}: metadata {key!r} is not a string")
         try:
-            meta[key] = json.loads(text)
-        except (TypeError, ValueError) as e:
-            raise _bad(f"{where}: metadata {key!r} is not JSON ({e})") from e
+            meta[key] = parse_json(text, f"{where}: metadata {key!r}", max_depth=_MAX_HEADER_DEPTH)
+        except MVP4DError as e:
+            raise _bad(e.message) from None
     _check_metadata(meta, where)  # schema first: a newer bundle may have other tensors
     try:
         arrays = load(data)

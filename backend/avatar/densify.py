@@ -15,11 +15,11 @@ A cap (``max_gaussians``) keeps CPU fits bounded: when more grow than fit, the l
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 
 from .losses import quat_to_matrix
+from .settings import DensifyStrategy  # defined with the other settings (torch-free)
 
 PARAM_NAMES = ("local_position", "local_rotation", "log_scale", "opacity_logit", "sh_dc", "sh_rest")
 
@@ -110,25 +110,6 @@ class GaussianStore:
             if keys:
                 store.optimizers[k].state[store.params[k]] = {n.split(".")[-1]: t[n].clone() for n in keys}
         return store
-
-
-@dataclass
-class DensifyStrategy:
-    """When and how Gaussians grow, shrink and reset (gsplat ``DefaultStrategy``, bound to triangles)."""
-
-    refine_start: int = 500
-    refine_stop: int = 15000
-    refine_every: int = 100
-    reset_every: int = 3000
-    grow_grad2d: float = 0.0002  # mean |d loss / d means2d| in half-image units
-    grow_scale3d: float = 0.05  # clone below, split above: world scale / head extent
-    prune_scale3d: float = 0.5  # prune above (after the first reset): world scale / head extent
-    prune_opa: float = 0.005
-    max_gaussians: int = 100_000
-    split_shrink: float = 1.6  # children's scale = parent's / split_shrink
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class DensifyState:

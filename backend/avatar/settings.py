@@ -9,12 +9,32 @@ size, GaussianAvatars' convention), so they do not depend on the head's size in 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import MVP4DError
-from .densify import DensifyStrategy
+from ..errors import MVP4DError, bad_input
+from ..protocol import MAX_IMAGE_SIDE, MAX_SEED, Rule, check_device, check_rules
+
+_HINT = "Fix that setting in the job's \"fit\" block (job.json) and run again."
+
+
+@dataclass
+class DensifyStrategy:
+    """When and how Gaussians grow, shrink and reset (gsplat ``DefaultStrategy``, bound to triangles)."""
+
+    refine_start: int = 500
+    refine_stop: int = 15000
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 0.0002  # mean |d loss / d means2d| in half-image units
+    grow_scale3d: float = 0.05  # clone below, split above: world scale / head extent
+    prune_scale3d: float = 0.5  # prune above (after the first reset): world scale / head extent
+    prune_opa: float = 0.005
+    max_gaussians: int = 100_000
+    split_shrink: float = 1.6  # children's scale = parent's / split_shrink
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -62,7 +82,7 @@ class FitSettings:
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
     # bookkeeping
     log_every: int = 50
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # 0: never
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
     threads: int | None = 1  # torch CPU threads during the fit (None: leave as is). One thread: on
     # busy shared cores two threads made each step up to 18x slower (small ops, measured on 2 cores)
@@ -71,52 +91,43 @@ class FitSettings:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None, default_preset: str = "preview") -> "FitSettings":
-        d = dict(d or {})
+    def from_json(cls, d: Any, default_preset: str = "preview") -> "FitSettings":
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise bad_input("job.json: fit must be a JSON object", _HINT)
+        d = dict(d)
         preset = d.pop("preset", default_preset)
         base = preset_settings(preset)
         return base.replace(**d)
 
     def replace(self, **overrides: Any) -> "FitSettings":
-        names = {f.name: f for f in fields(self)}
+        """These settings with ``overrides`` applied; every value is checked against :data:`FIT_RULES`."""
         kw: dict[str, Any] = {}
         for k, v in overrides.items():
-            if k not in names:
-                raise MVP4DError("BAD_INPUT", f"job.json: fit.{k} is not a known fit setting",
-                                 f"Known settings: {', '.join(sorted(names))}.")
-            if k == "densify":
-                if isinstance(v, DensifyStrategy):
-                    kw[k] = v
-                    continue
+            if k == "densify" and isinstance(v, DensifyStrategy):
+                kw[k] = v
+            elif k == "densify":
                 if not isinstance(v, dict):
-                    raise MVP4DError("BAD_INPUT", "job.json: fit.densify must be a JSON object")
-                dnames = {f.name for f in fields(DensifyStrategy)}
-                bad = sorted(set(v) - dnames)
-                if bad:
-                    raise MVP4DError("BAD_INPUT", f"job.json: fit.densify.{bad[0]} is not a known setting")
-                kw[k] = dataclasses.replace(self.densify, **v)
+                    raise bad_input(f"job.json: fit.densify must be a JSON object (got {v!r:.60})", _HINT)
+                kw[k] = dataclasses.replace(self.densify, **check_rules(v, DENSIFY_RULES, "job.json: fit.densify"))
             else:
-                kw[k] = _typed(k, v, getattr(self, k))
+                kw.update(check_rules({k: v}, FIT_RULES, "job.json: fit"))
         out = dataclasses.replace(self, **kw)
         out.validate()
         return out
 
     def validate(self) -> None:
-        def bad(name: str, what: str) -> MVP4DError:
-            return MVP4DError("BAD_INPUT", f"job.json: fit.{name} {what}")
+        """Every field against its rule, then the rules that join fields."""
+        check_rules({f.name: getattr(self, f.name) for f in fields(self) if f.name != "densify"}, FIT_RULES,
+                    "job.json: fit")
+        check_rules(asdict(self.densify), DENSIFY_RULES, "job.json: fit.densify")
 
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise bad("iterations", "must be a positive integer")
-        if self.train_frames not in ("all", "even", "first"):
-            raise bad("train_frames", "must be 'all', 'even' or 'first'")
+        def bad(name: str, what: str) -> MVP4DError:
+            return bad_input(f"job.json: fit.{name} {what}", _HINT)
+
         if self.unet_resolution % (2**self.unet_depth):
             raise bad("unet_resolution", f"must be divisible by 2**unet_depth = {2 ** self.unet_depth}")
-        if not 0 <= self.sh_degree <= 3:
-            raise bad("sh_degree", "must be 0..3")
-        if not 0.0 <= self.backface_dropout <= 1.0:
-            raise bad("backface_dropout", "must be in [0, 1]")
-        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 16):
-            raise bad("resolution", "must be an integer >= 16")
 
     def structure(self) -> dict[str, Any]:
         """The settings a checkpoint depends on (a resume with different values starts afresh)."""
@@ -124,33 +135,9 @@ class FitSettings:
                                               "resolution", "train_frames", "seed")}
 
 
-def _typed(name: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the type of the field's current value (ints pass as floats)."""
-    def bad(what: str) -> MVP4DError:
-        return MVP4DError("BAD_INPUT", f"job.json: fit.{name} must be {what} (got {value!r})")
-
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad("a number")
-        return float(value)
-    elif isinstance(default, str) and not isinstance(value, str):
-        raise bad("a string")
-    return value
-
-
-def preset_settings(name: str) -> FitSettings:
+def preset_settings(name: Any) -> FitSettings:
     """The preset's settings (a fresh object)."""
-    if name not in _PRESETS:
-        raise MVP4DError("BAD_INPUT", f"job.json: fit.preset must be one of {', '.join(_PRESETS)} (got {name!r})")
-    return _PRESETS[name]()
+    return _PRESETS[Rule(str, choices=tuple(_PRESETS)).check(name, "job.json: fit.preset")]()
 
 
 _PRESETS = {
@@ -186,4 +173,73 @@ _PRESETS = {
 
 FIT_PRESETS = tuple(_PRESETS)
 
-__all__ = ["FitSettings", "preset_settings", "FIT_PRESETS"]
+_LR = Rule(float, 0.0, 10.0, open_lo=True)  # a learning rate: > 0 (the schedules take its log)
+_WEIGHT = Rule(float, 0.0, 1e6)  # a loss weight
+_EVERY = Rule(int, 1, 10**9)  # an interval in iterations
+
+
+class _DeviceRule(Rule):
+    def check(self, v: Any, where: str) -> Any:
+        return check_device(v, where, allow_auto=True)
+
+
+#: Type and range of every fit setting (one rule per :class:`FitSettings` field; a test keeps them in step).
+FIT_RULES: dict[str, Rule] = {
+    "preset": Rule(str, choices=tuple(_PRESETS)),
+    "iterations": Rule(int, 1, 10**8),
+    "resolution": Rule(int, 16, MAX_IMAGE_SIDE, optional=True),
+    "train_frames": Rule(str, choices=("all", "even", "first")),
+    "seed": Rule(int, 0, MAX_SEED),
+    "sh_degree": Rule(int, 0, 3),
+    "sh_increase_every": _EVERY,
+    "init_opacity": Rule(float, 0.0, 0.999, open_lo=True),  # its logit must be finite
+    "init_scale": Rule(float, 0.0, 100.0, open_lo=True),  # its log must be finite
+    "init_normal_scale": Rule(float, 0.0, 100.0, open_lo=True),
+    "use_sfm": Rule(bool),
+    "sfm_max_points": Rule(int, 0, 10**7),
+    "sfm_max_distance": Rule(float, 0.0, 100.0, open_lo=True),
+    "unet_resolution": Rule(int, 4, 2048),
+    "unet_channels": Rule(int, 1, 1024),
+    "unet_depth": Rule(int, 1, 8),
+    "deform_scale": Rule(float, 0.0, 100.0),
+    "lr_position": _LR,
+    "lr_position_final": _LR,
+    "lr_rotation": _LR,
+    "lr_scaling": _LR,
+    "lr_opacity": _LR,
+    "lr_sh": _LR,
+    "lr_unet": _LR,
+    "lr_unet_final": _LR,
+    "lr_scale": Rule(float, 0.0, 1000.0, open_lo=True),
+    "dssim_weight": Rule(float, 0.0, 1.0),  # mixes L1 and D-SSIM
+    "lpips_weight": _WEIGHT,
+    "laplacian_weight": _WEIGHT,
+    "v_rot_weight": _WEIGHT,
+    "v_deform_weight": _WEIGHT,
+    "scale_weight": _WEIGHT,
+    "scale_threshold": Rule(float, 0.0, 1e6, open_lo=True),
+    "position_weight": _WEIGHT,
+    "position_threshold": Rule(float, 0.0, 1e6, open_lo=True),
+    "backface_dropout": Rule(float, 0.0, 1.0),
+    "log_every": _EVERY,
+    "checkpoint_every": Rule(int, 0, 10**9),  # 0: no checkpoints (benchmarks)
+    "device": _DeviceRule(str),
+    "threads": Rule(int, 1, 4096, optional=True),
+    "densify": Rule(dict),  # checked field by field with DENSIFY_RULES
+}
+
+#: Type and range of every densification setting (:class:`DensifyStrategy`).
+DENSIFY_RULES: dict[str, Rule] = {
+    "refine_start": Rule(int, 0, 10**9),
+    "refine_stop": Rule(int, 0, 10**9),
+    "refine_every": _EVERY,
+    "reset_every": Rule(int, 0, 10**9),  # 0: never
+    "grow_grad2d": Rule(float, 0.0, 1e6, open_lo=True),
+    "grow_scale3d": Rule(float, 0.0, 1e6, open_lo=True),
+    "prune_scale3d": Rule(float, 0.0, 1e6, open_lo=True),
+    "prune_opa": Rule(float, 0.0, 1.0),
+    "max_gaussians": Rule(int, 1, 10**8),
+    "split_shrink": Rule(float, 1.0, 100.0),
+}
+
+__all__ = ["FitSettings", "preset_settings", "FIT_PRESETS", "FIT_RULES", "DENSIFY_RULES"]

@@ -26,6 +26,7 @@ import time
 import torch
 
 from ..errors import MVP4DError
+from ..events import report_error
 from ..mmvdm.bench import _DTYPES, ATTENTION_ALIASES, _reset_peak_rss, _status_kb, _sync, matmul_tflops
 from .config import sd21_upstream_config, tiny_upstream_config, unet_config_from_upstream
 from .cost import forward_flops
@@ -110,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = bench_cap4d(a.size, a.views, a.res, a.refs, a.dtype, a.attention, a.steps, a.device)
     except MVP4DError as exc:
-        print(json.dumps({"error": exc.code, "message": exc.message, "hint": exc.hint}))
-        return 1
+        return report_error(exc)
     print(json.dumps(result, indent=2))
     return 0
 

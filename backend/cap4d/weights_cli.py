@@ -11,6 +11,7 @@ import argparse
 import json
 
 from ..errors import MVP4DError
+from ..events import report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,5 +40,4 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, sort_keys=True))
         return 0 if result["passed"] else 1
     except MVP4DError as e:
-        print(json.dumps({"error": e.code, "message": e.message, "hint": e.hint}))
-        return 1
+        return report_error(e)

@@ -132,43 +132,13 @@ class FlameParams:
         the file and key.
         """
         p = Path(path)
-        if not p.is_file():
-            raise MVP4DError("BAD_INPUT", f"FLAME parameter file {p} does not exist")
-        try:
-            with np.load(p, allow_pickle=False) as npz:
-                data = {k: np.asarray(npz[k]) for k in npz.files}
-        except Exception as e:  # zip/format/pickle errors: the file is not a plain npz
-            raise MVP4DError(
-                "BAD_INPUT", f"{p.name} is not a readable .npz of FLAME parameters ({type(e).__name__}: {e})"
-            ) from e
-        known = set(FLAME_PARAM_KEYS) | set(ANIMATION_KEYS)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MVP4DError(
-                "BAD_INPUT", f"{p.name}: unknown key {unknown[0]!r}", f"Use only these keys: {', '.join(sorted(known))}."
-            )
-        if "expr" not in data:
-            raise MVP4DError("BAD_INPUT", f"{p.name}: key 'expr' is missing", "Every FLAME parameter file needs 'expr'.")
-        for k, a in data.items():
-            if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
-                raise MVP4DError("BAD_INPUT", f"{p.name}: {k} must hold finite numbers")
-        seq = data["expr"].ndim == 2
-        if data["expr"].ndim not in (1, 2):
-            raise MVP4DError("BAD_INPUT", f"{p.name}: expr has shape {data['expr'].shape}, expected (E,) or (T, E)")
-        T = data["expr"].shape[0] if seq else 1
+        data, seq, T = read_param_arrays(p)
 
         def per_frame(k: str, size: int) -> np.ndarray:
             if k not in data:
                 return np.zeros((T, size), np.float32)
             a = data[k]
-            a = a if seq else a[None]
-            if a.ndim != 2 or a.shape[0] != T:
-                want = f"({T}, {size})" if seq else f"({size},)"
-                raise MVP4DError("BAD_INPUT", f"{p.name}: {k} has shape {data[k].shape}, expected {want}")
-            if k in POSE_SIZES and a.shape[1] != size:
-                want = f"({T}, {size})" if seq else f"({size},)"
-                raise MVP4DError("BAD_INPUT", f"{p.name}: {k} has shape {data[k].shape}, expected {want}")
-            return _pad(a, size, k, p.name)
+            return _pad(a if seq else a[None], size, k, p.name)
 
         shape = data.get("shape", np.zeros(num_shape, np.float32))
         if shape.ndim != 1:
@@ -179,6 +149,61 @@ class FlameParams:
             expr=t(per_frame("expr", num_expr)),
             **{k: t(per_frame(k, n)) for k, n in POSE_SIZES.items()},
         )
+
+
+#: Largest magnitude a FLAME parameter may have (radians, metres, coefficients): beyond it the file is broken.
+MAX_PARAM_ABS = 1e3
+
+
+def read_param_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], bool, int]:
+    """Read and check a FLAME parameter / animation ``.npz`` without a head model: ``(arrays, is_sequence, T)``.
+
+    Checked here, so a job can refuse the file before any stage runs: a plain npz (no pickle), known
+    keys, ``expr`` present, real numbers (no complex, bool or text), finite and at most
+    :data:`MAX_PARAM_ABS`, and per-frame shapes that agree on the frame count and the pose sizes.
+    The component counts against the model are checked by :meth:`FlameParams.load_npz`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MVP4DError("BAD_INPUT", f"FLAME parameter file {p} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            data = {k: np.asarray(npz[k]) for k in npz.files}
+    except Exception as e:  # zip/format/pickle errors: the file is not a plain npz
+        raise MVP4DError(
+            "BAD_INPUT", f"{p.name} is not a readable .npz of FLAME parameters ({type(e).__name__}: {e})"
+        ) from e
+    known = set(FLAME_PARAM_KEYS) | set(ANIMATION_KEYS)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MVP4DError(
+            "BAD_INPUT", f"{p.name}: unknown key {unknown[0]!r}", f"Use only these keys: {', '.join(sorted(known))}."
+        )
+    if "expr" not in data:
+        raise MVP4DError("BAD_INPUT", f"{p.name}: key 'expr' is missing", "Every FLAME parameter file needs 'expr'.")
+    for k, a in data.items():
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise MVP4DError("BAD_INPUT", f"{p.name}: {k} must hold finite numbers, real ones (got dtype {a.dtype})")
+        if not np.isfinite(a).all():
+            raise MVP4DError("BAD_INPUT", f"{p.name}: {k} must hold finite numbers")
+        if a.size and float(np.abs(a).max()) > MAX_PARAM_ABS:
+            raise MVP4DError("BAD_INPUT", f"{p.name}: {k} has values beyond +-{MAX_PARAM_ABS:g}",
+                             "Export FLAME parameters in radians and metres.")
+    seq = data["expr"].ndim == 2
+    if data["expr"].ndim not in (1, 2):
+        raise MVP4DError("BAD_INPUT", f"{p.name}: expr has shape {data['expr'].shape}, expected (E,) or (T, E)")
+    T = data["expr"].shape[0] if seq else 1
+    for k, a in data.items():
+        if k == "shape":
+            if a.ndim != 1:
+                raise MVP4DError("BAD_INPUT", f"{p.name}: shape has shape {a.shape}, expected (S,)")
+            continue
+        b = a if seq else a[None]
+        size = POSE_SIZES.get(k, b.shape[-1] if b.ndim else 0)
+        if b.ndim != 2 or b.shape[0] != T or b.shape[1] != size:
+            want = f"({T}, {size if k in POSE_SIZES else 'E'})" if seq else f"({size if k in POSE_SIZES else 'E'},)"
+            raise MVP4DError("BAD_INPUT", f"{p.name}: {k} has shape {a.shape}, expected {want}")
+    return data, seq, T
 
 
 def _pad(a: np.ndarray, size: int, key: str, fname: str) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MVP4DError
+from ..events import report_error
 from .configs import forward_flops, latent_frames, mmvdm_2b_config, tiny_config
 from .transformer import MMVDMTransformer
 
@@ -192,12 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    try:
+    try:  # typed errors as one error event; anything else reaches backend.cli.main's guard
         result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
                            args.device)
     except MVP4DError as exc:
-        print(json.dumps({"error": exc.code, "message": exc.message, "hint": exc.hint}))
-        return 1
+        return report_error(exc)
     print(json.dumps(result, indent=2))
     return 0
 

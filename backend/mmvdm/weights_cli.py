@@ -6,6 +6,8 @@ import argparse
 import json
 
 from ..errors import MVP4DError
+from ..events import report_error
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="check an MMVDM folder without loading it")
     c.add_argument("folder")
     args = p.parse_args(argv)
-    try:
+    try:  # typed errors as one error event; anything else reaches backend.cli.main's guard
         if args.action in ("build", "init"):
             import torch
 
@@ -48,6 +50,5 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(check_weights(args.folder), indent=2, sort_keys=True, default=str))
     except MVP4DError as e:
-        print(json.dumps({"error": e.code, "message": e.message, "hint": e.hint}))
-        return 1
+        return report_error(e)
     return 0

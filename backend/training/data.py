@@ -332,10 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     problems = validate_dataset(args.root, level="full" if args.full else "structure")
     for pr in problems:
         print(pr)
-    if not problems:
-        ds = TrainingDataset(args.root)
-        print(json.dumps(ds.summary(), indent=2))
-    return 1 if problems else 0
+    if problems:  # the last line is an error event, like every other command's failure
+        from ..errors import bad_input
+        from ..events import EventSink
+
+        EventSink(None, stream=sys.stdout).error(bad_input(
+            f"the dataset {args.root} has {len(problems)} problem(s), listed above",
+            "Fix or remove the items named above and validate again."))
+        return 1
+    ds = TrainingDataset(args.root)
+    print(json.dumps(ds.summary(), indent=2))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -219,13 +219,13 @@ class BackendProcess:
         while not self._stop.is_set():
             alive = _pid_alive(self.pid)  # checked before reading, so the last lines are never missed
             try:
-                with open(path, encoding="utf-8") as fh:
+                with open(path, "rb") as fh:  # bytes: a line torn inside a UTF-8 character must not stop us
                     fh.seek(pos)
-                    for line in fh:
-                        if not line.endswith("\n"):
+                    for raw in fh:
+                        if not raw.endswith(b"\n"):
                             break  # incomplete last line: read it again next time
-                        pos += len(line.encode("utf-8"))
-                        self._parse(line)
+                        pos += len(raw)
+                        self._parse(raw.decode("utf-8", errors="replace"))
             except OSError:
                 pass
             if not alive:

@@ -184,7 +184,7 @@ def test_settings_presets_and_overrides():
         FitSettings.from_json({"densify": {"bogus": 1}})
     with pytest.raises(MVP4DError, match="fit.preset"):
         FitSettings.from_json({"preset": "huge"})
-    with pytest.raises(MVP4DError, match="fit.lr_sh must be a number"):
+    with pytest.raises(MVP4DError, match="fit.lr_sh must be a finite number"):
         FitSettings.from_json({"lr_sh": "fast"})
     with pytest.raises(MVP4DError, match="fit.iterations must be an integer"):
         FitSettings.from_json({"iterations": 2.5})

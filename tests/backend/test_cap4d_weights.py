@@ -95,7 +95,7 @@ def test_convert_roundtrip_is_exact(tmp_path, capsys):
     assert a.vae.config.scaling_factor == pytest.approx(0.18215)
     # an existing folder is never overwritten
     assert weights_main(["convert", "--from", str(ckpt), "--out", str(out)]) == 1
-    assert json.loads(capsys.readouterr().out)["error"] == "BAD_INPUT"
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["code"] == "BAD_INPUT"
 
 
 def _no_partials(folder: Path) -> bool:
@@ -108,7 +108,7 @@ def test_truncated_checkpoint_is_invalid_and_nothing_is_written(tmp_path, capsys
     bad = tmp_path / "truncated.ckpt"
     bad.write_bytes(data[: len(data) // 2])
     assert weights_main(["convert", "--from", str(bad), "--out", str(tmp_path / "w")]) == 1
-    assert json.loads(capsys.readouterr().out)["error"] == "WEIGHTS_INVALID"
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["code"] == "WEIGHTS_INVALID"
     assert not (tmp_path / "w").exists() and _no_partials(tmp_path)
 
 

@@ -24,7 +24,8 @@ def test_bench_mmvdm_tiny_prints_json():
 def test_weights_check_missing_folder_has_code(tmp_path):
     proc = _run("weights", "check", str(tmp_path / "nope"))
     assert proc.returncode == 1
-    assert json.loads(proc.stdout)["error"] == "WEIGHTS_MISSING"
+    event = json.loads(proc.stdout.splitlines()[-1])
+    assert (event["type"], event["code"]) == ("error", "WEIGHTS_MISSING") and event["hint"]
 
 
 def test_unknown_bench_target_is_usage_error():
