@@ -89,9 +89,10 @@ class JobLock:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.path, flags, 0o666)
-        except OSError as e:
-            raise MVP4DError("BAD_INPUT", f"cannot open the job's lock file {self.path}: {e.strerror or e}",
-                             "Check the job folder is writable (and job.lock is a plain file).") from e
+        except OSError as e:  # read-only folder or full disk: NOT_WRITABLE / DISK_FULL naming the lock file
+            from .failures import os_error
+
+            raise os_error(e, self.path) from e
         try:
             check_own_file(self.path, LOCK_NAME)  # it is rewritten in place: no other names for it
         except MVP4DError:
@@ -114,9 +115,12 @@ class JobLock:
                              "Wait for that run to finish, or stop it (a file named 'cancel' in the job "
                              "folder, or SIGTERM to that process), then run again.")
         note = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}) + "\n"
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, note.encode("utf-8"))
+        try:  # who holds it: for messages only, so a full disk here is reported where it matters (the log)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, note.encode("utf-8"))
+        except OSError:
+            pass
         self._fd = fd
         return self
 

@@ -150,7 +150,8 @@ def check_own_file(path: Path, where: str) -> Path:
     except FileNotFoundError:
         return path
     if not stat.S_ISREG(st.st_mode):  # a pipe would block the first write forever; a folder cannot be appended to
-        raise _fail(where, "is not a regular file", f"Remove {path} (the backend makes a new one).")
+        raise MVP4DError("NOT_WRITABLE", f"{where} is not a regular file ({path}): it cannot be written",
+                         f"Remove {path} (the backend makes a new one).")
     links = st.st_nlink
     if links > 1:
         raise _fail(where, f"has {links - 1} other hard link(s); the backend writes only its own files",

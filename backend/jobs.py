@@ -183,17 +183,17 @@ def run_job(
         sink, lock = _open_job(job_dir, sink)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - on stdout only: the job's log may be another
         err = classify(e)                        # run's, or lead outside the job (a read-only folder: NOT_WRITABLE)
-        (sink or EventSink(None, stream=sys.stdout)).error(err)
+        EventSink(None, stream=sink.stream if sink is not None else sys.stdout).error(err)
         return EXIT_CANCELLED if isinstance(err, Cancelled) else EXIT_ERROR
     cancel = cancel or CancelToken(job_dir / "cancel")
     current: str | None = None
     try:
         spec = JobSpec.load(job_dir)
         spec.check_paths(job_dir)
+        check_tree(job_dir)  # no link leads out of the job, so nothing derived inside it can
         names = JOB_STAGES if stages is None else [st.name for st in stages]
         check_job(spec, job_dir, until=until, stage_names=names)  # all settings and inputs, before any stage
         stages = list(stages) if stages is not None else _default_stages()
-        check_tree(job_dir)  # no link leads out of the job, so nothing derived inside it can
         _clear_cancel_request(job_dir)
         removed = remove_partials(job_dir, recursive=True)
         if removed:
