@@ -682,17 +682,6 @@ def error_event(err: MVP4DError, stage: str | None = None) -> Event:
 
 BUNDLE_SCHEMA_VERSION = 1
 
-#: Bounds of the job spec: beyond these a value is a mistake, not a setting (docs/reliability.md, section 4).
-MAX_IMAGE_SIDE = 8192
-MAX_FRAMES = 100_000
-MAX_CAMERAS = 1024
-MAX_STEPS = 1000  # DDIM steps: the schedule has 1000 training timesteps
-MAX_SEED = 2**32 - 1
-MAX_JOB_JSON_BYTES = 16 * 1024 * 1024
-MAX_JSON_DEPTH = 64
-
-#: The job's stages in order (backend/stages.py implements them; ``run --until`` takes one of these).
-JOB_STAGES = ("track", "corpus", "fit", "export")
 BUNDLE_TENSORS: dict[str, str] = {
     "gaussians.parent_face": "(N,) int32 index of the parent triangle",
     "gaussians.local_position": "(N, 3) float32, triangle-local, in units of the triangle's size",

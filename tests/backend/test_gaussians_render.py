@@ -247,14 +247,9 @@ def test_float32_speed_and_chunking_are_consistent(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_gsplat_matches_the_cpu_path():
-    g = torch.Generator().manual_seed(6)
-    n = 3000
-    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    args = [d * 0.1, torch.randn(n, 4, generator=g), torch.rand(n, 3, generator=g) * 0.006 + 0.002,
-            torch.rand(n, generator=g) * 0.8 + 0.1, torch.randn(n, 16, 3, generator=g) * 0.3]
-    V = torch.eye(4)[None]
-    V[0, 2, 3] = 0.6
-    K = torch.tensor([[[119.4, 0, 31.5], [0, 119.4, 31.5], [0, 0, 1]]])
+    from backend.gpucheck.sections import gradients_agree, render_agreement_inputs
+
+    args, V, K = render_agreement_inputs()  # the GPU check's scene: one definition
     cpu_in = [a.clone().requires_grad_(True) for a in args]
     gpu_in = [a.cuda().requires_grad_(True) for a in args]
     cpu = rasterize(*cpu_in, V, K, 64, 64, backend="torch")
@@ -264,7 +259,5 @@ def test_cuda_gsplat_matches_the_cpu_path():
     torch.testing.assert_close(gpu.radii.cpu(), cpu.radii)
     cpu.rgb.sum().backward()
     gpu.rgb.sum().backward()
-    from backend.gpucheck.sections import gradients_agree
-
     for a, b in zip(cpu_in, gpu_in):
         assert bool(gradients_agree(b.grad.cpu(), a.grad).all())
