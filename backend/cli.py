@@ -128,6 +128,7 @@ DELEGATES: dict[str, dict[str, str]] = {
     "plan": {"": "backend.mmvdm.plan"},
     "weights": {"build": "backend.mmvdm.weights_cli", "check": "backend.mmvdm.weights_cli"},
     "export": {"": "backend.avatar.export"},
+    "render": {"": "backend.avatar.render_cli"},
     "train": {"": "backend.training.trainer"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
              "plan": "print the MMVDM sampling plan for a preset",
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR' or 'weights check DIR'",
              "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
+             "render": "render an avatar: 'render BUNDLE --view NAME --frame F --out PNG' (or --turntable N)",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
              "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools"}

@@ -227,6 +227,16 @@ def write_bundle(path: str | os.PathLike, bundle: AvatarBundle) -> Path:
     return path
 
 
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"ply": "a PLY file",
+          b"glTF": "a glTF binary (.glb)", b"PK\x03\x04": "a zip/npz archive", b"\x93NUMPY": "a numpy .npy array",
+          b"\x80": "a Python pickle", b"BLENDER": "a .blend file"}
+
+
+def _sniff(data: bytes) -> str:
+    """What a file that is not a bundle looks like it is, from its first bytes ('' when unknown)."""
+    return next((kind for magic, kind in _MAGIC.items() if data.startswith(magic)), "")
+
+
 def _header_metadata(data: bytes, where: str) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file: u64 little-endian header size, then JSON."""
     try:
@@ -234,7 +244,10 @@ def _header_metadata(data: bytes, where: str) -> dict[str, str]:
         header = json.loads(data[8:8 + n].decode("utf-8"))
         meta = header.get("__metadata__") or {}
     except (struct.error, UnicodeDecodeError, ValueError, AttributeError) as e:
-        raise _bad(f"{where} is not a safetensors file ({e})") from e
+        # the decoder's own words ("'utf-8' codec can't decode byte...") mean nothing to an artist
+        kind = _sniff(data)
+        raise _bad(f"{where} is not an avatar bundle" + (f" (it is {kind})" if kind else
+                                                         " (not a safetensors file: unreadable header)")) from e
     if not isinstance(meta, dict):
         raise _bad(f"{where} has malformed safetensors metadata")
     return meta

@@ -12,6 +12,7 @@ import bpy
 
 from ..io.estimates import describe
 from . import avatar as avatarmod, cameras as camops, common, rig as rigmod, runtime
+from .compat import draw_modifier_input
 
 
 def _button(layout, op: str, reason: str | None, **kw):
@@ -175,7 +176,7 @@ class MVP4D_PT_avatar(_Panel, bpy.types.Panel):
             col = layout.column(align=True)
             for item in mod.node_group.interface.items_tree:
                 if item.item_type == "SOCKET" and item.in_out == "INPUT" and item.name not in ("Geometry", "Material"):
-                    col.prop(mod, f'["{item.identifier}"]', text=item.name)
+                    draw_modifier_input(col, mod, item, item.name)
         col = layout.column(align=True)
         for fmt, label in (("PLY", "Export PLY (frame)"), ("PLY_SEQUENCE", "Export PLY per frame"),
                            ("GLB", "Export glTF (.glb)")):
