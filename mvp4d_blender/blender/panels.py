@@ -151,6 +151,8 @@ class MVP4D_PT_generate(_Panel, bpy.types.Panel):
         img = bpy.data.images.get(runtime.PREVIEW_IMAGE)
         if img is not None and m.preview_path:
             layout.template_icon(icon_value=img.preview.icon_id, scale=8.0)
+        for w in m.warnings.splitlines():  # the backend's warnings (e.g. an animation cut to length)
+            layout.label(text=w[:120], icon="ERROR")
         if m.last_error:
             col = layout.column(align=True)
             col.alert = True

@@ -64,6 +64,7 @@ class MVP4D_SceneSettings(bpy.types.PropertyGroup):
     preview_path: StringProperty()
     last_error: StringProperty()
     last_hint: StringProperty()
+    warnings: StringProperty(description="The running or last job's warnings, one per line (newest last)")
     last_avatar: PointerProperty(type=bpy.types.Object)
     # avatar display (applied to the selected avatar's display modifier)
     show_ui_advanced: BoolProperty(name="Advanced", default=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..io.cameras import OpenCVCamera
+from ..io.cameras import camera_from_spec
 from . import avatar as avatarmod, cameras as camops
 
 #: layered quads a ray may pass through: every quad crossed counts, even where its Gaussian is faint
@@ -75,7 +75,7 @@ def add_corpus_cameras(context, rig, camera_ring: list[dict] | None):
         context.scene.collection.children.link(coll)
     frame = camops.rig_frame(rig)
     for spec in camera_ring:
-        cam = OpenCVCamera.from_spec_dict(spec)
+        cam = camera_from_spec(spec)
         obj = bpy.data.objects.get(cam.name)
         if obj is not None and obj.type == "CAMERA" and coll in obj.users_collection:
             data = obj.data

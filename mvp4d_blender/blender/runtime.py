@@ -70,6 +70,7 @@ def sync(job: RunningJob) -> None:
         m.progress = st.fraction
         m.progress_text = f"{st.stage} {st.done}/{st.total}" if st.total else (st.stage or "starting")
         m.eta = _fmt_eta(st.eta_s)
+        m.warnings = "\n".join(w[:200] for w in st.warnings[-5:])
         if st.preview and st.preview != m.preview_path:
             m.preview_path = st.preview
             load_preview(st.preview)
