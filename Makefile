@@ -8,6 +8,12 @@ STAMP  := $(VENV)/.installed
 BVENV  := .venv-blender
 BPY    := $(BVENV)/bin/python
 BSTAMP := $(BVENV)/.installed
+# ... and the newest bpy 5.x wheel (Python 3.13, Blender's own numpy 2) in another: `make test` runs the
+# Blender suite on both, so the add-on is tested on the oldest and newest Python/API it supports.
+PYTHON313 ?= $(firstword $(shell command -v python3.13) $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13))
+BVENV5  := .venv-blender5
+BPY5    := $(BVENV5)/bin/python
+BSTAMP5 := $(BVENV5)/.installed
 # The Khronos glTF validator (npm), project-local, for the .glb export tests.
 NODE_STAMP := tools/node_modules/.installed
 
@@ -27,6 +33,13 @@ $(BSTAMP): Makefile
 	$(BPY) -m pip install "bpy==4.5.*" "numpy<2" "pytest>=8" "safetensors==0.8.0"
 	touch $(BSTAMP)
 
+$(BSTAMP5): Makefile
+	@test -n "$(PYTHON313)" || { echo "Python 3.13 is needed for the bpy 5.x tests: install it or pass PYTHON313=/path/to/python3.13"; exit 1; }
+	test -x $(BPY5) || $(PYTHON313) -m venv $(BVENV5)
+	$(BPY5) -m pip install --upgrade pip
+	$(BPY5) -m pip install "bpy==5.3.*" "pytest>=8" "safetensors==0.8.0"
+	touch $(BSTAMP5)
+
 $(NODE_STAMP): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund
 	touch $(NODE_STAMP)
@@ -37,16 +50,18 @@ install: $(STAMP)
 addon: $(STAMP)
 	$(PY) build_addon.py
 
-test: $(STAMP) $(BSTAMP) $(NODE_STAMP)
+test: $(STAMP) $(BSTAMP) $(BSTAMP5) $(NODE_STAMP)
 	$(PY) -m ruff check backend tests mvp4d_blender build_addon.py
 	$(PY) -m pytest -q tests
 	$(BPY) -m pytest -q tests/blender
+	$(BPY5) -m pytest -q tests/blender
 
 test-backend: $(STAMP)
 	$(PY) -m pytest -q tests
 
-test-blender: $(STAMP) $(BSTAMP) $(NODE_STAMP)
+test-blender: $(STAMP) $(BSTAMP) $(BSTAMP5) $(NODE_STAMP)
 	$(BPY) -m pytest -q tests/blender
+	$(BPY5) -m pytest -q tests/blender
 
 # the main job on the embedded default: the backend's job in out/demo (contact sheet, avatar, PLYs),
 # then the same in Blender through the add-on (out/demo/blender: .blend, render, .glb, .ply)
@@ -64,4 +79,4 @@ gpu-check: $(STAMP)
 	PYTHON=$(PY) bash tools/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) $(BVENV) out dist build *.egg-info tools/node_modules
+	rm -rf $(VENV) $(BVENV) $(BVENV5) out dist build *.egg-info tools/node_modules

@@ -116,7 +116,13 @@ def cmd_toy_bundle(args: argparse.Namespace) -> dict:
     }
     for k in ("expr", "jaw_pose", "neck_pose", "eye_pose", "global_rot", "transl"):
         arrays[f"animation.{k}"] = getattr(seq, k).cpu().numpy().astype(np.float32)
-    meta = {"fps": DEFAULT_FPS, "flame_model_id": model.model_id, "camera_ring": None, "generator": "toy-bundle",
+    # per-frame fine detail, as a fit produces it: small triangle-local offsets that change every frame
+    T = verts.shape[0]
+    wobble = np.sin(np.arange(T, dtype=np.float64) + 1.0)[:, None, None]
+    arrays["animation.detail_offsets"] = (0.15 * wobble * rng.normal(size=(1, F, 3))).astype(np.float16)
+    cameras_json = job / "stages" / "corpus" / "cameras.json" if job else None
+    ring = json.loads(cameras_json.read_text(encoding="utf-8")) if cameras_json and cameras_json.is_file() else None
+    meta = {"fps": DEFAULT_FPS, "flame_model_id": model.model_id, "camera_ring": ring, "generator": "toy-bundle",
             "settings": {"note": "stand-in bundle from backend.blender_support, not a fitted avatar"}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,6 +141,7 @@ DELEGATES: dict[str, dict[str, str]] = {
                 "check": "backend.mmvdm.weights_cli",
                 "convert": "backend.cap4d.weights_cli", "fixture": "backend.cap4d.weights_cli"},
     "export": {"": "backend.avatar.export"},
+    "render": {"": "backend.avatar.render_cli"},
     "train": {"": "backend.training.trainer"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
                         "or 'weights fixture FILE'",
              "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
+             "render": "render an avatar: 'render BUNDLE --view NAME --frame F --out PNG' (or --turntable N)",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
              "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",

@@ -61,19 +61,13 @@ def main() -> int:
         print(f"generate_avatar finished but imported no avatar: {scene.mvp4d.last_error}")
         return 1
     avatar = scene.mvp4d.last_avatar
-    scene.mvp4d.rig.hide_render = True
-    scene.frame_set(scene.frame_start)
     cam = bpy.data.objects.new("Demo camera", bpy.data.cameras.new("Demo camera"))
     scene.collection.objects.link(cam)
     cam.location, cam.rotation_euler, cam.data.lens = (0.0, -0.75, 0.0), (1.5707963, 0.0, 0.0), 50
     scene.camera = cam
-    r = scene.render
-    r.engine, r.resolution_x, r.resolution_y, r.film_transparent = "CYCLES", 256, 256, True
-    scene.cycles.device, scene.cycles.samples, scene.cycles.max_bounces = "CPU", 16, 0
-    scene.cycles.transparent_max_bounces = 32
-    scene.view_settings.view_transform = "Standard"
-    r.filepath = str(out / "render.png")
-    bpy.ops.render.render(write_still=True)
+    # the add-on's render set-up (like the backend's renderer): Cycles, bundle frame 0, 256^2
+    bpy.ops.mvp4d.render_avatar(camera=cam.name, frame=0, resolution=256, engine="CYCLES",
+                                filepath=str(out / "render.png"), avatar=avatar.name)
     bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(out / "avatar.glb"), avatar=avatar.name)
     bpy.ops.mvp4d.export_avatar(format="PLY", filepath=str(out / "avatar.ply"), avatar=avatar.name)
     bpy.ops.wm.save_as_mainfile(filepath=str(out / "avatar.blend"))

@@ -230,18 +230,30 @@ def write_bundle(path: str | os.PathLike, bundle: AvatarBundle) -> Path:
     return path
 
 
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"ply": "a PLY file",
+          b"glTF": "a glTF binary (.glb)", b"PK\x03\x04": "a zip/npz archive", b"\x93NUMPY": "a numpy .npy array",
+          b"\x80": "a Python pickle", b"BLENDER": "a .blend file"}
+
+
+def _sniff(data: bytes) -> str:
+    """What a file that is not a bundle looks like it is, from its first bytes ('' when unknown)."""
+    return next((kind for magic, kind in _MAGIC.items() if data.startswith(magic)), "")
+
+
 def _header_metadata(data: bytes, where: str) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file: u64 little-endian header size, then JSON."""
     try:
         (n,) = struct.unpack("<Q", data[:8])
     except struct.error as e:
-        raise _bad(f"{where} is not a safetensors file ({e})") from e
+        raise _bad(_not_a_bundle(where, data)) from e
     if n > len(data) - 8:
-        raise _bad(f"{where} is not a safetensors file (its header is longer than the file)")
+        raise _bad(_not_a_bundle(where, data))
     try:  # bounded nesting: a header of 100 000 brackets is refused, not a RecursionError
         header = parse_json(data[8:8 + n], "its header", max_depth=_MAX_HEADER_DEPTH)
     except MVP4DError as e:
-        raise _bad(f"{where} is not a safetensors file ({e.message})") from None
+        kind = _sniff(data)  # the decoder's own words mean nothing to an artist: say what the file is
+        raise _bad(f"{where} is not an avatar bundle (it is {kind})" if kind
+                   else f"{where} is not a safetensors file ({e.message})") from None
     if not isinstance(header, dict):
         raise _bad(f"{where} is not a safetensors file (its header is not a JSON object)")
     meta = header.get("__metadata__") or {}
@@ -282,3 +294,8 @@ def read_bundle(path: str | os.PathLike) -> AvatarBundle:
     bundle = AvatarBundle(**kw, metadata=meta)
     bundle.validate(where)
     return bundle
+
+
+def _not_a_bundle(where: str, data: bytes) -> str:
+    kind = _sniff(data)
+    return f"{where} is not an avatar bundle" + (f" (it is {kind})" if kind else " (not a safetensors file)")

@@ -88,8 +88,11 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def render_bundle(bundle, camera: Camera, frame: int) -> np.ndarray:
-    """uint8 (H, W, 3) of a bundle's avatar at ``frame`` from ``camera`` (white background)."""
+def render_bundle(bundle, camera: Camera, frame: int, background=(1.0, 1.0, 1.0), with_alpha: bool = False):
+    """uint8 (H, W, 3) of a bundle's avatar at ``frame`` from ``camera`` (white background).
+
+    With ``with_alpha``: float (H, W, 3) colour composited over ``background`` and (H, W, 1) alpha
+    (``python -m backend render`` writes them as RGBA)."""
     from ..render.gaussians import rasterize
     from .binding import LocalGaussians, local_to_world
 
@@ -99,7 +102,9 @@ def render_bundle(bundle, camera: Camera, frame: int) -> np.ndarray:
     offsets = None if bundle.detail_offsets is None else f32(bundle.detail_offsets[frame])
     w = local_to_world(local, f32(bundle.vertices[frame]), torch.from_numpy(bundle.faces.astype(np.int64)), offsets)
     out = rasterize(w.means, w.quats, w.scales, w.opacities, w.sh, f32(camera.world_to_cam)[None], f32(camera.K)[None],
-                    camera.width, camera.height, sh_degree=bundle.sh_degree)
+                    camera.width, camera.height, sh_degree=bundle.sh_degree, background=background)
+    if with_alpha:
+        return out.rgb[0].double().numpy(), out.alpha[0].double().numpy()
     return (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 

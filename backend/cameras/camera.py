@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..errors import MVP4DError
 from ..protocol import CameraSpec
@@ -36,7 +35,9 @@ def _bad(message: str, hint: str | None = None) -> MVP4DError:
 
 
 def _as_matrix(m, shape: tuple[int, int], what: str) -> np.ndarray:
-    a = np.asarray(m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m, dtype=np.float64)
+    # torch tensors are accepted without importing torch here: this module is torch-free so the
+    # Blender add-on imports it (through mvp4d_blender/backend_link.py) as the one camera definition
+    a = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float64)
     if a.shape != shape:
         raise _bad(f"{what} must have shape {shape}, got {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -210,14 +211,18 @@ def intrinsics(focal_px: float | tuple[float, float], width: int, height: int) -
     return np.array([[fx, 0.0, (width - 1) / 2.0], [0.0, fy, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
-def stack_K(cameras: Sequence[Camera], dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """(B, 3, 3) intrinsics of ``cameras`` as a torch tensor."""
-    return torch.as_tensor(np.stack([c.K for c in cameras]), dtype=dtype, device=device)
+def stack_K(cameras: Sequence[Camera], dtype=None, device=None) -> "torch.Tensor":  # noqa: F821
+    """(B, 3, 3) intrinsics of ``cameras`` as a torch tensor (float32 by default)."""
+    import torch
+
+    return torch.as_tensor(np.stack([c.K for c in cameras]), dtype=dtype or torch.float32, device=device)
 
 
-def stack_world_to_cam(cameras: Sequence[Camera], dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """(B, 4, 4) world->camera transforms of ``cameras`` as a torch tensor."""
-    return torch.as_tensor(np.stack([c.world_to_cam for c in cameras]), dtype=dtype, device=device)
+def stack_world_to_cam(cameras: Sequence[Camera], dtype=None, device=None) -> "torch.Tensor":  # noqa: F821
+    """(B, 4, 4) world->camera transforms of ``cameras`` as a torch tensor (float32 by default)."""
+    import torch
+
+    return torch.as_tensor(np.stack([c.world_to_cam for c in cameras]), dtype=dtype or torch.float32, device=device)
 
 
 # ---------------------------------------------------------------------------------------------

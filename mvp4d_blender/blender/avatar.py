@@ -16,7 +16,8 @@ import numpy as np
 from ..io.binding import local_to_world, matrix_to_quat, quat_multiply, quat_normalize, smallest_axis_last
 from ..io.bundle import animation, read_bundle
 from ..io.cameras import FLAME_TO_BLENDER
-from . import models, nodes, rig as rigmod, rig_params
+from .compat import get_modifier_input, set_modifier_input
+from . import models, nodes, render, rig as rigmod, rig_params
 
 AVATAR_PROP = "mvp4d_avatar"
 SH_C0 = 0.28209479177387814
@@ -89,12 +90,52 @@ def build_avatar_mesh(name: str, bundle, rest_blender: np.ndarray):
         _set_attr(me, f"sh_{k}", "FLOAT_VECTOR", bundle.sh[:, k, :])
     rgb = srgb_to_linear(sh_dc_colour(bundle.sh))
     _set_attr(me, "splat_color", "FLOAT_COLOR", np.concatenate([rgb, np.ones((n, 1))], axis=1))
+    _set_attr(me, "splat_color_srgb", "FLOAT_COLOR", np.concatenate([sh_dc_colour(bundle.sh), np.ones((n, 1))], axis=1))
     me.update()
     return me
 
 
-def import_avatar(context, filepath: str, rig, *, animate: bool = True, name: str = "MVP4D Avatar"):
-    """Import ``filepath`` bound to ``rig``; returns (object, messages). Raises AvatarImportError/BundleError."""
+def build_details_object(name: str, bundle, collection, created: list):
+    """A hidden helper mesh of ``T x N`` points holding ``animation.detail_offsets`` (None without them).
+
+    The binding group samples point ``t * N + i`` at bundle frame ``t`` (``nodes._detail_offset``);
+    float32 in the mesh (the bundle stores float16), about 12 bytes per splat and frame."""
+    offsets = bundle.detail_offsets
+    if offsets is None or not np.any(offsets):
+        return None
+    T, N, _ = offsets.shape
+    me = bpy.data.meshes.new(name)
+    created.append(me)
+    me.vertices.add(T * N)
+    me.vertices.foreach_set("co", np.ascontiguousarray(offsets, dtype=np.float32).ravel())
+    me.update()
+    obj = bpy.data.objects.new(name, me)
+    created.append(obj)
+    collection.objects.link(obj)
+    obj.hide_select = True  # points only: nothing to render
+    if obj.name in context_view_layer_objects():
+        obj.hide_set(True)  # hidden but evaluated: the binding reads it (hide_viewport would drop it)
+    return obj
+
+
+def context_view_layer_objects():
+    return bpy.context.view_layer.objects
+
+
+def artist_keyframes(rig) -> bool:
+    """True when the rig carries keyframes that no avatar import made (an artist's animation)."""
+    if rig.get("mvp4d_keyed_by_import"):
+        return False
+    owners = [rig.data.shape_keys, rigmod.armature_of(rig)]
+    return any(o is not None and o.animation_data is not None and o.animation_data.action is not None for o in owners)
+
+
+def import_avatar(context, filepath: str, rig, *, animate: bool = True, name: str = "MVP4D Avatar",
+                  with_cameras: bool = False, replace_keyframes: bool = False):
+    """Import ``filepath`` bound to ``rig``; returns (object, messages). Raises AvatarImportError/BundleError.
+
+    Also sets the scene up to render like the backend (:func:`render.setup_render`) and, with
+    ``with_cameras``, adds the bundle's corpus cameras named after their views."""
     bundle = read_bundle(filepath)
     check_topology(rig, bundle)
     messages = []
@@ -121,20 +162,33 @@ def import_avatar(context, filepath: str, rig, *, animate: bool = True, name: st
         me.materials.append(mat)
         m1 = obj.modifiers.new("MVP4D Binding", "NODES")
         m1.node_group = binding
-        _set_input(m1, "Rig", rig)
+        set_modifier_input(m1, "Rig", rig)
+        details = build_details_object(f"{name} details", bundle, coll, created)
+        if details is not None:
+            set_modifier_input(m1, "Details", details)
+            obj["mvp4d_details"] = details
+        set_modifier_input(m1, "First Frame", int(context.scene.frame_start))
+        obj["mvp4d_first_frame"] = int(context.scene.frame_start)
         m2 = obj.modifiers.new("MVP4D Display", "NODES")
         m2.node_group = display
-        _set_input(m2, "Material", mat)
+        set_modifier_input(m2, "Material", mat)
         obj[AVATAR_PROP] = 1
         obj["mvp4d_bundle"] = str(filepath)
         obj["mvp4d_rig"] = rig
         obj["mvp4d_metadata"] = json.dumps(bundle.metadata, default=str)[:60000]
         obj["mvp4d_sh_degree"] = bundle.sh_degree
-        if animate and bundle.num_frames:
+        if animate and bundle.num_frames and artist_keyframes(rig) and not replace_keyframes:
+            messages.append("kept the rig's own keyframes (import with replace_keyframes=True for the avatar's)")
+        elif animate and bundle.num_frames:
             start = context.scene.frame_start
             rig_params.keyframe_sequence(rig, animation(bundle), start)
+            rig["mvp4d_keyed_by_import"] = True
             context.scene.frame_end = start + bundle.num_frames - 1
             messages.append(f"the rig was keyed with the avatar's {bundle.num_frames} frames")
+        if with_cameras:
+            coll = render.add_corpus_cameras(context, rig, bundle.metadata.get("camera_ring"))
+            messages.append(f"added {len(coll.objects)} corpus cameras" if coll else "the bundle has no cameras")
+        render.setup_render(context.scene, rig, avatar=obj)
         return obj, messages
     except Exception:
         for idb in reversed(created):
@@ -147,12 +201,22 @@ def import_avatar(context, filepath: str, rig, *, animate: bool = True, name: st
         raise
 
 
-def _set_input(mod, name: str, value) -> None:
-    for item in mod.node_group.interface.items_tree:
-        if item.item_type == "SOCKET" and item.in_out == "INPUT" and item.name == name:
-            mod[item.identifier] = value
-            return
-    raise KeyError(name)
+
+
+def set_colour_space(obj, srgb: bool) -> None:
+    """Emit the splats' sRGB values (blend like gsplat, shown with the Raw view) or linear colours.
+
+    The material reads ``splat_color``; this copies ``splat_color_srgb`` or the linear colours of
+    ``sh_0`` into it, so the switch costs one attribute write, not a material change."""
+    me = obj.data
+    if srgb:
+        src = _read(me, "splat_color_srgb", 4)
+    else:
+        rgb = srgb_to_linear(sh_dc_colour(_read(me, "sh_0", 3)[:, None, :]))
+        src = np.concatenate([rgb, np.ones((len(rgb), 1))], axis=1)
+    me.attributes["splat_color"].data.foreach_set("color", np.ascontiguousarray(src, np.float32).ravel())
+    obj["mvp4d_srgb_blend"] = bool(srgb)
+    me.update()
 
 
 def display_modifier(obj):
@@ -164,16 +228,12 @@ def set_display(obj, **values) -> None:
     """Display options (``Show Splats``, ``Splat Size``, ``Min Opacity``, ``Point Radius``)."""
     mod = display_modifier(obj)
     for k, v in values.items():
-        _set_input(mod, k, v)
+        set_modifier_input(mod, k, v)
     obj.update_tag()
 
 
 def get_display(obj, name: str):
-    mod = display_modifier(obj)
-    for item in mod.node_group.interface.items_tree:
-        if item.item_type == "SOCKET" and item.in_out == "INPUT" and item.name == name:
-            return mod[item.identifier]
-    raise KeyError(name)
+    return get_modifier_input(display_modifier(obj), name)
 
 
 def _read(mesh, name: str, comps: int, dtype=np.float32) -> np.ndarray:

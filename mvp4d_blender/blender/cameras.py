@@ -1,7 +1,7 @@
 """Camera rings as real Blender cameras, and reading any camera back as an OpenCV camera in FLAME space.
 
-Placement and read-back both go through ``io/cameras.py`` (the numpy mirror of the backend's
-conversion). Cameras are expressed relative to the rig's armature object, so moving the whole rig in
+Placement and read-back both go through ``io/cameras.py`` (the backend's own camera conversion,
+imported torch-free). Cameras are expressed relative to the rig's armature object, so moving the whole rig in
 the scene does not change what the backend sees. Key views sit in a child collection "Key views",
 are drawn larger and carry ``mvp4d_key``; whatever the artist does to a camera afterwards (move,
 re-aim, change the lens) is read back as it is.
@@ -15,7 +15,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..io.cameras import (RING_LAYOUTS, OpenCVCamera, blender_from_opencv, custom_layout, opencv_from_blender,
+from ..io.cameras import (RING_LAYOUTS, OpenCVCamera, blender_from_opencv, camera_from_spec, custom_layout,
+                          opencv_from_blender, to_spec_dict,
                           ring_cameras, ring_framing)
 from .. import backend_link
 from . import rig as rigmod
@@ -83,7 +84,7 @@ def read_ring(collection, rig, resolution: int) -> list[dict]:
         while name.casefold() in seen:  # "Cam" and "cam" would share a folder on macOS and Windows
             name += "_"
         seen.add(name.casefold())
-        specs.append(read_camera(obj, frame, resolution, resolution, name=name).to_spec_dict())
+        specs.append(to_spec_dict(read_camera(obj, frame, resolution, resolution, name=name)))
     return specs
 
 
@@ -138,7 +139,7 @@ def add_ring(context, rig, *, preset: str, resolution: int, distance: float, cou
 
 def reference_camera_from_json(context, rig, spec: dict, name: str = "MVP4D Reference"):
     """Create or update the camera of the reference photo (from the tracker's camera.json)."""
-    cam = OpenCVCamera.from_spec_dict(spec)
+    cam = camera_from_spec(spec)
     obj = bpy.data.objects.get(name)
     if obj is None or obj.type != "CAMERA":
         obj = bpy.data.objects.new(name, bpy.data.cameras.new(name))

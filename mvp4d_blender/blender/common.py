@@ -38,9 +38,10 @@ def backend_python() -> str:
         return os.environ.get("MVP4D_BACKEND_PYTHON", "")
     if p.backend_mode == "EXISTING":
         return bpy.path.abspath(p.python_path) if p.python_path else ""
-    from ..io.installer import env_python
+    from ..io.installer import env_python, is_installed
 
-    return str(env_python(managed_env_dir()))
+    # a managed environment counts only once every install step (its final check included) finished
+    return str(env_python(managed_env_dir())) if is_installed(managed_env_dir()) else ""
 
 
 def managed_env_dir() -> Path:

@@ -15,6 +15,7 @@ import bpy
 import numpy as np
 
 from .. import backend_link
+from ..io.cameras import to_spec_dict
 from . import cameras as camops, rig_params
 from . import common, rig as rigmod
 
@@ -97,7 +98,13 @@ def reference_inputs(rig):
     frame = camops.rig_frame(rig)
     cam = camops.read_camera(cam_obj, frame, int(cam_obj.get("mvp4d_width", 512)), int(cam_obj.get("mvp4d_height", 512)),
                              name="reference", key=False)
-    return params, cam.to_spec_dict()
+    return params, to_spec_dict(cam)
+
+
+def nearest_valid_frames(n: int) -> int:
+    """The frame count closest to ``n`` that a job accepts (1 + 4k, the video model's frame grouping);
+    ties go to the longer one, so no keyed frame is dropped."""
+    return max(1, 4 * int(np.floor((max(1, n) - 1) / 4 + 0.5)) + 1)
 
 
 def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int, animation: str,
@@ -132,7 +139,10 @@ def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int
     if animation == "RIG":
         if frame_end < frame_start:
             raise InputError(f"the frame range {frame_start}..{frame_end} is empty", "Set End >= Start.")
-        seq = rig_params.read_sequence(rig, np.arange(frame_start, frame_end + 1, dtype=np.float64))
+        # the job's length must be 1 + 4k: the nearest such length, the rig's own frames read for it
+        # (never the preset's length, which silently cut or held the artist's animation)
+        n = nearest_valid_frames(frame_end - frame_start + 1)
+        seq = rig_params.read_sequence(rig, np.arange(frame_start, frame_start + n, dtype=np.float64))
         anim_arrays = {k: v for k, v in seq.items() if k in proto.ANIMATION_KEYS}
     flame_params, ref_cam = reference_inputs(rig)
     spec = {
@@ -145,6 +155,8 @@ def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int
                       "device": None if p is None or p.device == "AUTO" else p.device.lower()},
         "animation": {"fps": float(scene.render.fps) / float(scene.render.fps_base or 1.0)},
     }
+    if anim_arrays is not None:
+        spec["animation"]["num_frames"] = int(anim_arrays["expr"].shape[0])
     if ref_cam is not None:
         spec["inputs"]["reference_camera"] = ref_cam
     return spec, anim_arrays, flame_params

@@ -6,7 +6,7 @@
 
       a0 = normalize(v1 - v0); a1 = normalize(a0 x (v2 - v0)); a2 = -normalize(a1 x a0)
       s = (|v1 - v0| + |a2 . (v2 - v0)|) / 2; c = (v0 + v1 + v2) / 3
-      position = s (a0 x_l + a1 y_l + a2 z_l) + c; rotation = q(a0, a1) (x) q_local; scale = exp(log s_l) s
+      position = s (a0 x_l + a1 y_l + a2 z_l) + c   (x_l = local_position + this frame's detail offset) rotation = q(a0, a1) (x) q_local; scale = exp(log s_l) s
 
   and stores ``rotation`` (quaternion) and ``scale`` (and the same for the display axes) on the points.
 * ``MVP4D Splat Display`` (group): one quad per splat spanning +-3 sigma of its two largest axes,
@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import bpy
+
+from .compat import set_surface_render_method, use_material_nodes
 
 BINDING_GROUP = "MVP4D Splat Binding"
 DISPLAY_GROUP = "MVP4D Splat Display"
@@ -100,8 +102,33 @@ def _exp3(g: _G, vec, factor):
     return g.vmath("SCALE", comb.outputs[0], scale=factor)
 
 
+def _detail_offset(g: _G, gi):
+    """This frame's fine-detail offset of each splat (triangle-local units), zero without a details mesh.
+
+    The details mesh holds ``T x N`` points: point ``t * N + i`` is splat ``i``'s offset at bundle frame
+    ``t`` (``animation.detail_offsets``). Bundle frame = scene frame - First Frame, clamped to [0, T-1]."""
+    info = g.node("GeometryNodeObjectInfo", transform_space="ORIGINAL")
+    g.link(gi.outputs["Details"], info.inputs["Object"])
+    n_splats = g.node("GeometryNodeAttributeDomainSize", component="MESH")
+    g.link(gi.outputs["Geometry"], n_splats.inputs["Geometry"])
+    n_total = g.node("GeometryNodeAttributeDomainSize", component="MESH")
+    g.link(info.outputs["Geometry"], n_total.inputs["Geometry"])
+    frames = g.math("FLOOR", g.math("DIVIDE", n_total.outputs["Point Count"], g.math("MAXIMUM", n_splats.outputs[
+        "Point Count"], 1.0)))
+    t = g.math("FLOOR", g.math("SUBTRACT", g.node("GeometryNodeInputSceneTime").outputs["Frame"],
+                               gi.outputs["First Frame"]))
+    t = g.math("MAXIMUM", g.math("MINIMUM", t, g.math("SUBTRACT", frames, 1.0)), 0.0)
+    idx = g.math("ADD", g.math("MULTIPLY", t, n_splats.outputs["Point Count"]), g.node("GeometryNodeInputIndex").outputs[0])
+    si = g.node("GeometryNodeSampleIndex", data_type="FLOAT_VECTOR", domain="POINT")
+    g.link(info.outputs["Geometry"], si.inputs["Geometry"])
+    g.link(g.node("GeometryNodeInputPosition").outputs[0], si.inputs["Value"])
+    g.link(idx, si.inputs["Index"])
+    return si.outputs[0]
+
+
 def build_binding_group():
-    ng = _new_group(BINDING_GROUP, [("Geometry", "NodeSocketGeometry"), ("Rig", "NodeSocketObject")],
+    ng = _new_group(BINDING_GROUP, [("Geometry", "NodeSocketGeometry"), ("Rig", "NodeSocketObject"),
+                                    ("Details", "NodeSocketObject"), ("First Frame", "NodeSocketInt")],
                     [("Geometry", "NodeSocketGeometry")])
     g = _G(ng)
     gi, go = g.node("NodeGroupInput"), g.node("NodeGroupOutput")
@@ -124,7 +151,7 @@ def build_binding_group():
                0.5)
     c = g.vmath("SCALE", g.vmath("ADD", g.vmath("ADD", v[0], v[1]), v[2]), scale=1.0 / 3.0)
     lp = g.node("ShaderNodeSeparateXYZ")
-    g.link(g.attr("local_position", "FLOAT_VECTOR"), lp.inputs[0])
+    g.link(g.vmath("ADD", g.attr("local_position", "FLOAT_VECTOR"), _detail_offset(g, gi)), lp.inputs[0])
     local = g.vmath("ADD", g.vmath("ADD", g.vmath("SCALE", a0, scale=lp.outputs[0]),
                                    g.vmath("SCALE", a1, scale=lp.outputs[1])), g.vmath("SCALE", a2, scale=lp.outputs[2]))
     world = g.vmath("ADD", g.vmath("SCALE", local, scale=s), c)
@@ -150,16 +177,81 @@ def build_binding_group():
     return ng
 
 
+#: gsplat's screen-space blur added to every projected covariance (``eps2d``, pixels^2)
+BLUR_PX2 = 0.3
+
+
+def _camera_facing(g: _G, gi):
+    """Rotation and scale of a camera-facing quad drawing each splat as gsplat does.
+
+    The splat's covariance (axes ``display_rotation`` x ``display_scale``) is projected with the
+    perspective Jacobian of the ``Camera`` input (``Focal`` pixels): rows (f/z)(r + (x/z) b) and
+    (f/z)(u + (y/z) b) for the camera's right r, up u, back b and the splat at (x, y, -z) in camera
+    axes; gsplat's 0.3 px^2 blur is added; the 2x2 result's eigenvectors (in the r, u plane) and
+    sqrt(eigenvalues) * z / f give the quad's axes and its world-space sigmas at the splat's depth."""
+    cam = g.node("GeometryNodeObjectInfo", transform_space="RELATIVE")
+    g.link(gi.outputs["Camera"], cam.inputs["Object"])
+
+    def rot(vec, rotation):
+        n = g.node("FunctionNodeRotateVector")
+        if isinstance(vec, tuple):
+            n.inputs["Vector"].default_value = vec
+        else:
+            g.link(vec, n.inputs["Vector"])
+        g.link(rotation, n.inputs["Rotation"])
+        return n.outputs[0]
+
+    r, u, b = (rot(v, cam.outputs["Rotation"]) for v in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    d = g.vmath("SUBTRACT", g.node("GeometryNodeInputPosition").outputs[0], cam.outputs["Location"])
+    z = g.math("MAXIMUM", g.math("MULTIPLY", g.vmath("DOT_PRODUCT", d, b), -1.0), 1e-6)
+    f = gi.outputs["Focal"]
+    fz = g.math("DIVIDE", f, z)
+    jx = g.vmath("SCALE", g.vmath("ADD", r, g.vmath("SCALE", b, scale=g.math("DIVIDE", g.vmath("DOT_PRODUCT", d, r), z))),
+                 scale=fz)
+    jy = g.vmath("SCALE", g.vmath("ADD", u, g.vmath("SCALE", b, scale=g.math("DIVIDE", g.vmath("DOT_PRODUCT", d, u), z))),
+                 scale=fz)
+    rotation = g.attr("display_rotation", "QUATERNION")
+    sc = g.node("ShaderNodeSeparateXYZ")
+    g.link(g.attr("display_scale", "FLOAT_VECTOR"), sc.inputs[0])
+    A, B, C = BLUR_PX2, 0.0, BLUR_PX2
+    for k, axis in enumerate(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))):
+        a = g.vmath("SCALE", rot(axis, rotation), scale=sc.outputs[k])
+        p, q = g.vmath("DOT_PRODUCT", jx, a), g.vmath("DOT_PRODUCT", jy, a)
+        A = g.math("ADD", A, g.math("MULTIPLY", p, p))
+        B = g.math("ADD", B, g.math("MULTIPLY", p, q))
+        C = g.math("ADD", C, g.math("MULTIPLY", q, q))
+    mid = g.math("MULTIPLY", g.math("ADD", A, C), 0.5)
+    half = g.math("MULTIPLY", g.math("SUBTRACT", A, C), 0.5)
+    rad = g.math("SQRT", g.math("ADD", g.math("MULTIPLY", half, half), g.math("MULTIPLY", B, B)))
+    l1, l2 = g.math("ADD", mid, rad), g.math("MAXIMUM", g.math("SUBTRACT", mid, rad), 1e-12)
+    theta = g.math("MULTIPLY", g.math("ARCTAN2", g.math("MULTIPLY", B, 2.0), g.math("SUBTRACT", A, C)), 0.5)
+    c, s_ = g.math("COSINE", theta), g.math("SINE", theta)
+    e1 = g.vmath("ADD", g.vmath("SCALE", r, scale=c), g.vmath("SCALE", u, scale=s_))
+    e2 = g.vmath("SUBTRACT", g.vmath("SCALE", u, scale=c), g.vmath("SCALE", r, scale=s_))
+    atr = g.node("FunctionNodeAxesToRotation", primary_axis="X", secondary_axis="Y")
+    g.link(e1, atr.inputs["Primary Axis"])
+    g.link(e2, atr.inputs["Secondary Axis"])
+    world = g.math("DIVIDE", z, f)
+    scale = g.node("ShaderNodeCombineXYZ")
+    g.link(g.math("MULTIPLY", g.math("SQRT", l1), world), scale.inputs[0])
+    g.link(g.math("MULTIPLY", g.math("SQRT", l2), world), scale.inputs[1])
+    scale.inputs[2].default_value = 1e-6
+    return atr.outputs[0], scale.outputs[0]
+
+
 def build_display_group():
     ng = _new_group(DISPLAY_GROUP, [("Geometry", "NodeSocketGeometry"), ("Show Splats", "NodeSocketBool"),
                                     ("Splat Size", "NodeSocketFloat"), ("Min Opacity", "NodeSocketFloat"),
-                                    ("Point Radius", "NodeSocketFloat"), ("Material", "NodeSocketMaterial")],
+                                    ("Point Radius", "NodeSocketFloat"), ("Material", "NodeSocketMaterial"),
+                                    ("Camera", "NodeSocketObject"), ("Focal", "NodeSocketFloat")],
                     [("Geometry", "NodeSocketGeometry")])
     items = {i.name: i for i in ng.interface.items_tree if i.item_type == "SOCKET" and i.in_out == "INPUT"}
     items["Show Splats"].default_value = True
     items["Splat Size"].default_value, items["Splat Size"].min_value = 1.0, 0.0
     items["Min Opacity"].default_value, items["Min Opacity"].min_value = 1.0 / 255.0, 0.0
     items["Point Radius"].default_value, items["Point Radius"].min_value = 0.0008, 0.0
+    items["Focal"].default_value, items["Focal"].min_value = 0.0, 0.0
+    items["Focal"].description = "Camera focal length in pixels: > 0 draws camera-facing splats like gsplat"
     g = _G(ng)
     gi, go = g.node("NodeGroupInput"), g.node("NodeGroupOutput")
     grid = g.node("GeometryNodeMeshGrid")
@@ -176,9 +268,20 @@ def build_display_group():
     g.link(gi.outputs["Geometry"], iop.inputs["Points"])
     g.link(sel.outputs[0], iop.inputs["Selection"])
     g.link(setm.outputs[0], iop.inputs["Instance"])
-    g.link(g.attr("display_rotation", "QUATERNION"), iop.inputs["Rotation"])
+    facing_rot, facing_scale = _camera_facing(g, gi)
+    facing = g.node("FunctionNodeCompare", data_type="FLOAT", operation="GREATER_THAN")
+    g.link(gi.outputs["Focal"], facing.inputs[0])
+    rot_sw = g.node("GeometryNodeSwitch", input_type="ROTATION")
+    g.link(facing.outputs[0], rot_sw.inputs["Switch"])
+    g.link(g.attr("display_rotation", "QUATERNION"), rot_sw.inputs["False"])
+    g.link(facing_rot, rot_sw.inputs["True"])
+    g.link(rot_sw.outputs[0], iop.inputs["Rotation"])
+    scale_sw = g.node("GeometryNodeSwitch", input_type="VECTOR")
+    g.link(facing.outputs[0], scale_sw.inputs["Switch"])
+    g.link(g.attr("display_scale", "FLOAT_VECTOR"), scale_sw.inputs["False"])
+    g.link(facing_scale, scale_sw.inputs["True"])
     size = g.math("MULTIPLY", gi.outputs["Splat Size"], SIGMA_EXTENT)
-    g.link(g.vmath("SCALE", g.attr("display_scale", "FLOAT_VECTOR"), scale=size), iop.inputs["Scale"])
+    g.link(g.vmath("SCALE", scale_sw.outputs[0], scale=size), iop.inputs["Scale"])
     pts = g.node("GeometryNodeMeshToPoints")
     g.link(gi.outputs["Geometry"], pts.inputs["Mesh"])
     g.link(gi.outputs["Point Radius"], pts.inputs["Radius"])
@@ -195,7 +298,7 @@ def build_display_group():
 
 def build_material():
     mat = bpy.data.materials.get(MATERIAL) or bpy.data.materials.new(MATERIAL)
-    mat.use_nodes = True
+    use_material_nodes(mat)
     tree = mat.node_tree
     tree.nodes.clear()
     g = _G(tree)
@@ -216,8 +319,7 @@ def build_material():
     g.link(emit.outputs[0], mix.inputs[2])
     out = g.node("ShaderNodeOutputMaterial")
     g.link(mix.outputs[0], out.inputs["Surface"])
-    if hasattr(mat, "surface_render_method"):
-        mat.surface_render_method = "DITHERED"
+    set_surface_render_method(mat, "DITHERED")
     mat.use_backface_culling = False
     return mat
 

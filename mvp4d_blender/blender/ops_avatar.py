@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from ..io.bundle import BundleError
-from . import avatar as avatarmod, export, jobspec
+from . import avatar as avatarmod, export, jobspec, render
 
 
 class MVP4D_OT_import_avatar(bpy.types.Operator, ImportHelper):
@@ -21,11 +21,17 @@ class MVP4D_OT_import_avatar(bpy.types.Operator, ImportHelper):
     filename_ext = ".safetensors"
     filter_glob: StringProperty(default="*.safetensors", options={"HIDDEN"})
     rig: StringProperty(name="Rig", description="FLAME rig head mesh (empty: the scene's)")
+    with_cameras: BoolProperty(name="Corpus cameras", default=False,
+                               description="Also add the cameras the avatar was generated from, named after the views")
+    replace_keyframes: BoolProperty(name="Replace rig keyframes", default=False,
+                                    description="Key the rig with the avatar's animation even where the rig has "
+                                                "its own keyframes (off: an artist's animation is kept)")
 
     def execute(self, context):
         try:
             rig = jobspec.resolve_rig(self.rig, context.scene)
-            obj, msgs = avatarmod.import_avatar(context, self.filepath, rig)
+            obj, msgs = avatarmod.import_avatar(context, self.filepath, rig, with_cameras=self.with_cameras,
+                                                replace_keyframes=self.replace_keyframes)
         except jobspec.InputError as e:
             self.report({"ERROR"}, f"{e.message} - {e.hint}")
             return {"CANCELLED"}
@@ -51,7 +57,7 @@ class MVP4D_OT_export_avatar(bpy.types.Operator, ExportHelper):
     bl_label = "Export avatar"
     filename_ext = ""
     format: EnumProperty(name="Format", items=export.FORMATS, default="PLY")
-    frame: IntProperty(name="Frame", default=-1000000, description="Frame to export (default: the current one)")
+    frame: IntProperty(name="Frame", default=1, description="Frame to export (unset: the current one)")
     avatar: StringProperty(name="Avatar", description="Avatar object (empty: active or last imported)")
     check_extension = None
 
@@ -72,7 +78,7 @@ class MVP4D_OT_export_avatar(bpy.types.Operator, ExportHelper):
             self.report({"ERROR"}, "No avatar to export - import one (or pass avatar=NAME)")
             return {"CANCELLED"}
         scene = context.scene
-        frame = scene.frame_current if self.frame == -1000000 else self.frame
+        frame = self.frame if self.properties.is_property_set("frame") else scene.frame_current
         path = Path(bpy.path.abspath(self.filepath))
         try:
             if self.format == "PLY":
@@ -82,11 +88,54 @@ class MVP4D_OT_export_avatar(bpy.types.Operator, ExportHelper):
             else:
                 out = path.with_suffix("")
                 export.export_ply_sequence(scene, obj, out, range(scene.frame_start, scene.frame_end + 1))
-        except (OSError, ValueError) as e:
-            self.report({"ERROR"}, f"Export failed: {e}")
+        except OSError as e:  # name the file the user chose, never the temporary one written first
+            self.report({"ERROR"}, f"Export to {path} failed: {e.strerror or e}")
+            return {"CANCELLED"}
+        except ValueError as e:
+            self.report({"ERROR"}, f"Export to {path} failed: {e}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Exported {out}")
         return {"FINISHED"}
 
 
-CLASSES = (MVP4D_OT_import_avatar, MVP4D_OT_export_avatar)
+class MVP4D_OT_render_avatar(bpy.types.Operator):
+    """Render the avatar at a bundle frame through a camera, set up like the backend's renderer"""
+
+    bl_idname = "mvp4d.render_avatar"
+    bl_label = "Render avatar"
+    camera: StringProperty(name="Camera", description="Camera object (empty: the scene camera)")
+    frame: IntProperty(name="Frame", default=0, min=0, description="Bundle frame (0 = the first frame of the avatar)")
+    resolution: IntProperty(name="Resolution", default=256, min=8, max=8192, description="Longer image side (px)")
+    engine: EnumProperty(name="Engine", items=[("CYCLES", "Cycles", ""), ("EEVEE", "EEVEE", "")], default="CYCLES")
+    samples: IntProperty(name="Samples", default=0, min=0, max=4096,
+                         description="0: auto (Cycles 1, exact with a point pixel filter and no lights; EEVEE 8)")
+    colours: EnumProperty(name="Colours", default="BACKEND", items=[
+        ("BACKEND", "Like the backend", "sRGB values blended like gsplat, Raw view transform"),
+        ("STANDARD", "Standard", "Linear colours, Standard view transform (for scenes with lit objects)")])
+    filepath: StringProperty(name="File", subtype="FILE_PATH", description="PNG to write")
+    avatar: StringProperty(name="Avatar", description="Avatar object (empty: active or last imported)")
+
+    def execute(self, context):
+        obj = _avatar(context, self.avatar)
+        if not avatarmod.is_avatar(obj):
+            self.report({"ERROR"}, "No avatar to render - import one (or pass avatar=NAME)")
+            return {"CANCELLED"}
+        cam = bpy.data.objects.get(self.camera) if self.camera else context.scene.camera
+        if cam is None or cam.type != "CAMERA":
+            self.report({"ERROR"}, f"No camera named '{self.camera}' - pass camera=NAME of a camera object")
+            return {"CANCELLED"}
+        if not self.filepath:
+            self.report({"ERROR"}, "Pass filepath=... (the PNG to write)")
+            return {"CANCELLED"}
+        path = Path(bpy.path.abspath(self.filepath))
+        try:
+            out = render.render_avatar(context.scene, obj, cam, self.frame, self.resolution, self.engine, path,
+                                       self.samples, self.colours)
+        except (OSError, RuntimeError) as e:
+            self.report({"ERROR"}, f"Render to {path} failed: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Rendered {out}")
+        return {"FINISHED"}
+
+
+CLASSES = (MVP4D_OT_import_avatar, MVP4D_OT_export_avatar, MVP4D_OT_render_avatar)

@@ -106,8 +106,8 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
     preset: EnumProperty(name="Quality", items=[("SCENE", "Scene", "")] + PRESET_ITEMS, default="SCENE")
     animation: EnumProperty(name="Animation", items=[("SCENE", "Scene", ""), ("BUILTIN", "Built-in", ""),
                                                      ("RIG", "Rig keyframes", "")], default="SCENE")
-    frame_start: IntProperty(name="Start", default=-1, description="-1: the scene's setting")
-    frame_end: IntProperty(name="End", default=-1, description="-1: the scene's setting")
+    frame_start: IntProperty(name="Start", default=1, description="First frame (unset: the scene's setting)")
+    frame_end: IntProperty(name="End", default=17, description="Last frame (unset: the scene's setting)")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", description="Job folder (empty: a new one)")
     wait: BoolProperty(name="Wait", default=False, description="Block until the job ends")
     stop_after: StringProperty(name="Stop after stage", default="", options={"HIDDEN"},
@@ -131,8 +131,8 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
                 scene, rig, coll, generator=m.generator if self.generator == "SCENE" else self.generator,
                 preset=m.preset if self.preset == "SCENE" else self.preset, seed=m.seed,
                 animation=m.animation_source if self.animation == "SCENE" else self.animation,
-                frame_start=m.frame_start if self.frame_start < 0 else self.frame_start,
-                frame_end=m.frame_end if self.frame_end < 0 else self.frame_end)
+                frame_start=self.frame_start if self.properties.is_property_set("frame_start") else m.frame_start,
+                frame_end=self.frame_end if self.properties.is_property_set("frame_end") else m.frame_end)
         except jobspec.InputError as e:
             return _fail(self, context, "BAD_INPUT", e.message, e.hint)
         out = self.output_dir or m.output_dir

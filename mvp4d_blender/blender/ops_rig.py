@@ -61,10 +61,12 @@ class MVP4D_OT_add_camera_ring(bpy.types.Operator):
     bl_label = "Add camera ring"
     bl_options = {"REGISTER", "UNDO"}
     preset: EnumProperty(name="Ring", items=[("SCENE", "Scene", "")] + RING_ITEMS, default="SCENE")
-    count: IntProperty(name="Views", default=-1)
-    azimuth_range: FloatProperty(name="Azimuth range", default=-1.0)
-    elevation: FloatProperty(name="Elevation", default=-1000.0)
-    distance: FloatProperty(name="Distance", default=-1.0)
+    # unset arguments mean "the scene's setting" (is_property_set), so no placeholder value ever shows
+    count: IntProperty(name="Views", default=8, min=1, max=128)
+    azimuth_range: FloatProperty(name="Azimuth range", default=120.0, min=0.0, max=360.0)
+    elevation: FloatProperty(name="Elevation", default=0.0, min=-89.0, max=89.0)
+    distance: FloatProperty(name="Distance (0 = auto)", default=0.0, min=0.0, soft_max=5.0, unit="LENGTH",
+                            description="Camera distance from the head; 0: the photo's camera distance, else 1 m")
     rig: StringProperty()
 
     @classmethod
@@ -84,14 +86,15 @@ class MVP4D_OT_add_camera_ring(bpy.types.Operator):
         preset = m.ring_preset if self.preset == "SCENE" else self.preset
         proto = backend_link.protocol()
         res = proto.PRESETS[preset].resolution if preset in proto.PRESETS else proto.PRESETS[m.preset].resolution
-        distance = self.distance if self.distance > 0 else m.ring_distance
+        given = self.properties.is_property_set
+        distance = self.distance if given("distance") else m.ring_distance
         if distance <= 0:
             distance = _reference_distance(rig) or 1.0
         coll = camops.add_ring(
             context, rig, preset=preset, resolution=res, distance=distance,
-            count=self.count if self.count > 0 else m.ring_count,
-            azimuth_range=self.azimuth_range if self.azimuth_range >= 0 else m.ring_azimuth,
-            elevation=self.elevation if self.elevation > -999 else m.ring_elevation, model=models.model_of_rig(rig))
+            count=self.count if given("count") else m.ring_count,
+            azimuth_range=self.azimuth_range if given("azimuth_range") else m.ring_azimuth,
+            elevation=self.elevation if given("elevation") else m.ring_elevation, model=models.model_of_rig(rig))
         m.cameras = coll
         n = len(camops.collection_cameras(coll))
         self.report({"INFO"}, f"Added {n} cameras ({preset}) at {distance:.2f} m")
@@ -132,6 +135,7 @@ class MVP4D_OT_import_sequence(bpy.types.Operator, ImportHelper):
         m = context.scene.mvp4d
         start = context.scene.frame_start
         T = rig_params.keyframe_sequence(rig, seq, start)
+        rig["mvp4d_keyed_by_import"] = False  # the artist's animation now: an avatar import keeps it
         m.frame_start, m.frame_end, m.animation_source = start, start + T - 1, "RIG"
         context.scene.frame_end = max(context.scene.frame_end, start + T - 1)
         self.report({"INFO"}, f"Keyed {T} frames on '{rig.name}'")

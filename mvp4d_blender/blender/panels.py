@@ -12,6 +12,7 @@ import bpy
 
 from ..io.estimates import describe
 from . import avatar as avatarmod, cameras as camops, common, rig as rigmod, runtime
+from .compat import draw_modifier_input
 
 
 def _button(layout, op: str, reason: str | None, **kw):
@@ -160,6 +161,8 @@ class MVP4D_PT_generate(_Panel, bpy.types.Panel):
         img = bpy.data.images.get(runtime.PREVIEW_IMAGE)
         if img is not None and m.preview_path:
             layout.template_icon(icon_value=img.preview.icon_id, scale=8.0)
+        for w in m.warnings.splitlines():  # the backend's warnings (e.g. an animation cut to length)
+            layout.label(text=w[:120], icon="ERROR")
         if m.last_error:
             col = layout.column(align=True)
             col.alert = True
@@ -185,7 +188,7 @@ class MVP4D_PT_avatar(_Panel, bpy.types.Panel):
             col = layout.column(align=True)
             for item in mod.node_group.interface.items_tree:
                 if item.item_type == "SOCKET" and item.in_out == "INPUT" and item.name not in ("Geometry", "Material"):
-                    col.prop(mod, f'["{item.identifier}"]', text=item.name)
+                    draw_modifier_input(col, mod, item, item.name)
         col = layout.column(align=True)
         for fmt, label in (("PLY", "Export PLY (frame)"), ("PLY_SEQUENCE", "Export PLY per frame"),
                            ("GLB", "Export glTF (.glb)")):

@@ -14,7 +14,7 @@ import threading
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from ..io.installer import Installer, default_base_python, env_python, plan
+from ..io.installer import Installer, InterpreterError, choose_base_python, env_python, plan
 from .. import backend_link
 from . import common
 
@@ -56,7 +56,8 @@ class MVP4D_AddonPreferences(bpy.types.AddonPreferences):
     env_dir: StringProperty(name="Environment folder", subtype="DIR_PATH",
                             description="Where the managed environment lives (empty: the add-on's user folder)")
     base_python: StringProperty(name="Base Python", subtype="FILE_PATH",
-                                description="Python 3.11 used to create the environment (empty: Blender's own)")
+                                description="Python 3.11 used to create the environment (empty: found on this "
+                                            "computer; Blender's own when it is 3.11)")
     offline_wheels: StringProperty(name="Offline wheels", subtype="DIR_PATH",
                                    description="Install from this folder of wheels only (no network)")
     flame_model: StringProperty(name="FLAME model", subtype="FILE_PATH",
@@ -166,10 +167,16 @@ class MVP4D_OT_install_backend(bpy.types.Operator):
         if _installer is not None and not _installer.finished:
             self.report({"WARNING"}, "The backend is already being installed")
             return {"CANCELLED"}
-        base = bpy.path.abspath(p.base_python) if p.base_python else default_base_python()
+        named = bpy.path.abspath(p.base_python) if p.base_python else ""
         wheels = bpy.path.abspath(p.offline_wheels) if p.offline_wheels else ""
-        _installer = Installer(env_dir=common.managed_env_dir(), base_python=base, backend_root=common.backend_root(),
-                               wheel_dir=wheels).start()
+        try:  # the interpreter is checked before anything is created or downloaded
+            base, _version = choose_base_python(common.backend_root(), named)
+            _installer = Installer(env_dir=common.managed_env_dir(), base_python=base,
+                                   backend_root=common.backend_root(), wheel_dir=wheels).start()
+        except InterpreterError as e:
+            p.install_error, p.install_message = str(e), ""
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
         p.install_error, p.install_message, p.install_progress = "", "Starting...", 0.0
         bpy.app.timers.register(_drain_installer, first_interval=0.2)
         steps = plan(common.managed_env_dir(), base, common.backend_root(), wheels)

@@ -45,7 +45,7 @@ class MVP4D_SceneSettings(bpy.types.PropertyGroup):
     ring_count: IntProperty(name="Views", default=8, min=1, max=128)
     ring_azimuth: FloatProperty(name="Azimuth range", default=120.0, min=0.0, max=360.0, subtype="NONE")
     ring_elevation: FloatProperty(name="Elevation", default=0.0, min=-89.0, max=89.0)
-    ring_distance: FloatProperty(name="Distance", default=0.0, min=0.0, soft_max=5.0, unit="LENGTH",
+    ring_distance: FloatProperty(name="Distance (0 = auto)", default=0.0, min=0.0, soft_max=5.0, unit="LENGTH",
                                  description="Camera distance from the head (0: like the photo, else 1 m)")
     animation_source: EnumProperty(name="Animation", items=ANIM_ITEMS, default="BUILTIN")
     frame_start: IntProperty(name="Start", default=1)
@@ -66,6 +66,7 @@ class MVP4D_SceneSettings(bpy.types.PropertyGroup):
     preview_path: StringProperty()
     last_error: StringProperty()
     last_hint: StringProperty()
+    warnings: StringProperty(description="The running or last job's warnings, one per line (newest last)")
     last_avatar: PointerProperty(type=bpy.types.Object)
     # avatar display (applied to the selected avatar's display modifier)
     show_ui_advanced: BoolProperty(name="Advanced", default=False)

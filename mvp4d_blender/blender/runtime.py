@@ -70,6 +70,7 @@ def sync(job: RunningJob) -> None:
         m.progress = st.fraction
         m.progress_text = f"{st.stage} {st.done}/{st.total}" if st.total else (st.stage or "starting")
         m.eta = _fmt_eta(st.eta_s)
+        m.warnings = "\n".join(w[:200] for w in st.warnings[-5:])
         if st.preview and st.preview != m.preview_path:
             m.preview_path = st.preview
             load_preview(st.preview)
@@ -100,6 +101,29 @@ def start(process: BackendProcess, kind: str, scene, on_finish) -> RunningJob:
     return job
 
 
+def finisher_error(e: Exception, workdir: Path) -> JobError:
+    """A finisher's exception as the user sees it: a user-facing error keeps its words and BAD_INPUT;
+    anything unexpected is ``INTERNAL`` (a bug, not the artist's input) with its traceback in a log."""
+    from .avatar import AvatarImportError
+    from ..io.bundle import BundleError
+
+    if isinstance(e, JobError):
+        return e
+    if isinstance(e, (AvatarImportError, BundleError)):
+        return JobError("BAD_INPUT", str(e), "")
+    import traceback
+
+    log = workdir / "blender_error.log"
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} Blender {bpy.app.version_string}\n")
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        where = f"the traceback is in {log}"
+    except OSError:
+        where = "the traceback is in Blender's console"
+    return JobError("INTERNAL", f"{type(e).__name__}: {e}", f"This is a bug; please report it: {where}.")
+
+
 def finish(job: RunningJob) -> tuple[str, str]:
     """Record the outcome in the scenes and run the job's finisher; returns (level, message)."""
     st = job.process.state
@@ -110,7 +134,7 @@ def finish(job: RunningJob) -> tuple[str, str]:
         try:
             level, message = job.on_finish(job)
         except Exception as e:  # noqa: BLE001 - shown to the user; the finisher cleans up after itself
-            st.error = e if isinstance(e, JobError) else JobError("BAD_INPUT", str(e), "")
+            st.error = finisher_error(e, Path(job.process.workdir))
     for s in _scenes_for(str(job.process.workdir)):
         m = s.mvp4d
         if st.error is None:

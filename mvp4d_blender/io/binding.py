@@ -1,6 +1,9 @@
 """Triangle-bound Gaussians: the face frame and local -> world, in pure numpy (no bpy).
 
-The add-on's mirror of the backend's ``backend/avatar/binding.py`` (GaussianAvatars form,
+The face frame, the Hamilton product and matrix -> quaternion are the backend's own
+``backend/avatar/binding_np.py`` (torch-free, imported through :mod:`..backend_link`): one definition.
+This module adds what only the add-on needs (axis-angle, the display relabelling) on top. It follows
+``backend/avatar/binding.py`` (GaussianAvatars form,
 ``reference/splats_flame_formats.md`` section 3.2). The Geometry Nodes group in
 ``blender/nodes.py`` computes the same thing per frame; this module is the oracle the tests compare
 it with, and what the exporters use. For triangle (v0, v1, v2)::
@@ -16,9 +19,19 @@ Quaternions are wxyz (Hamilton product) everywhere in this package.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
+from .. import backend_link
+
 _EPS = 1e-20
+
+
+def _backend():
+    """``backend.avatar.binding_np`` from the backend copy the add-on ships (no torch)."""
+    backend_link.protocol()  # loads the private backend package
+    return importlib.import_module(f"{backend_link._PRIVATE}.avatar.binding_np")
 
 
 def _normalize(v: np.ndarray) -> np.ndarray:
@@ -26,18 +39,8 @@ def _normalize(v: np.ndarray) -> np.ndarray:
 
 
 def face_frames(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rotation (F, 3, 3) with columns a0, a1, a2, scale (F,) and centroid (F, 3) of each face."""
-    v = np.asarray(vertices, dtype=np.float64)
-    tri = v[np.asarray(faces, dtype=np.int64)]  # (F, 3, 3)
-    v0, v1, v2 = tri[:, 0], tri[:, 1], tri[:, 2]
-    e1, e2 = v1 - v0, v2 - v0
-    a0 = _normalize(e1)
-    a1 = _normalize(np.cross(a0, e2))
-    a2 = -_normalize(np.cross(a1, a0))
-    R = np.stack([a0, a1, a2], axis=-1)
-    s = 0.5 * (np.linalg.norm(e1, axis=-1) + np.abs(np.einsum("fi,fi->f", a2, e2)))
-    c = tri.mean(axis=1)
-    return R, s, c
+    """Rotation (F, 3, 3) with columns a0, a1, a2, scale (F,) and centroid (F, 3) of each face (the backend's)."""
+    return _backend().face_frames_np(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64))
 
 
 def local_to_world(vertices: np.ndarray, faces: np.ndarray, parent_face: np.ndarray, local_position: np.ndarray,
@@ -67,15 +70,8 @@ def quat_normalize(q: np.ndarray) -> np.ndarray:
 
 
 def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a (x) b for (..., 4) wxyz arrays (rotate by b first, then a)."""
-    aw, ax, ay, az = np.moveaxis(np.asarray(a, np.float64), -1, 0)
-    bw, bx, by, bz = np.moveaxis(np.asarray(b, np.float64), -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)
+    """Hamilton product a (x) b for (..., 4) wxyz arrays (rotate by b first, then a); the backend's."""
+    return _backend().quat_multiply_np(np.asarray(a, np.float64), np.asarray(b, np.float64))
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
@@ -88,25 +84,8 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
 
 
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) wxyz with w >= 0 (branch-free pick)."""
-    m = np.asarray(m, dtype=np.float64)
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # four candidate solutions; use the numerically largest denominator for each rotation
-    cand = np.stack([
-        np.stack([1 + m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
-                  m[..., 1, 0] - m[..., 0, 1]], -1),
-        np.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0],
-                  m[..., 0, 2] + m[..., 2, 0]], -1),
-        np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22,
-                  m[..., 1, 2] + m[..., 2, 1]], -1),
-        np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                  1 - m00 - m11 + m22], -1),
-    ], -2)  # (..., 4, 4)
-    diag = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    best = np.argmax(diag, axis=-1)
-    q = np.take_along_axis(cand, best[..., None, None].repeat(4, -1), axis=-2)[..., 0, :]
-    q = quat_normalize(q)
-    return np.where(q[..., :1] < 0, -q, q)
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) wxyz with w >= 0; the backend's."""
+    return _backend().matrix_to_quat_np(np.asarray(m, dtype=np.float64))
 
 
 def axis_angle_to_quat(aa: np.ndarray) -> np.ndarray:

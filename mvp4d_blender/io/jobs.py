@@ -75,7 +75,8 @@ def write_job(job_dir: str | Path, proto: ModuleType, *, image: str | Path, spec
     try:
         job = proto.JobSpec.from_json(spec)
     except Exception as e:  # MVP4DError from the private backend package
-        raise JobError(getattr(e, "code", "BAD_INPUT"), getattr(e, "message", str(e)), getattr(e, "hint", "")) from e
+        raise JobError(getattr(e, "code", "INTERNAL"), getattr(e, "message", f"{type(e).__name__}: {e}"),
+                       getattr(e, "hint", "This is a bug; please report it.")) from e
     if (job_dir / "job.json").is_file():
         old = proto.JobSpec.load(job_dir)
         if old.to_json() != job.to_json():

@@ -132,6 +132,10 @@ def test_refuses_non_bundles(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     _refused(junk, "not a safetensors file")
+    png = tmp_path / "photo.safetensors"  # a picture under a bundle's name: said plainly, no codec jargon
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(128, 256)) * 4)
+    err = _refused(png, "it is a PNG image")
+    assert "codec" not in err.message
     notmeta = tmp_path / "other.safetensors"
     _write_raw(notmeta, {"x": np.zeros(3, np.float32)}, {})
     _refused(notmeta, "schema_version")

@@ -33,6 +33,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
     emit(type="stage", stage="track", status="start")
     emit(type="progress", stage="track", done=1, total=3, eta_s=2.0)
+    if mode == "warn":
+        emit(type="warning", stage="track", message="animation has 30 frames, the job needs 9: using its first frames")
     if mode == "crash":
         print("Fatal Python error: Segmentation fault", file=sys.stderr, flush=True)
         os._exit(139)

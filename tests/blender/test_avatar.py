@@ -33,7 +33,8 @@ with torch.no_grad():
     local = LocalGaussians(parent_face=torch.from_numpy(b.parent_face.astype(np.int64)),
                            local_position=t(b.local_position), local_rotation=t(b.local_rotation),
                            log_scale=t(b.log_scale), opacity_logit=t(b.opacity_logit), sh=t(b.sh))
-    w = local_to_world(local, verts, torch.from_numpy(b.faces.astype(np.int64)))
+    off = None if b.detail_offsets is None else t(b.detail_offsets[frames].astype(np.float64))
+    w = local_to_world(local, verts, torch.from_numpy(b.faces.astype(np.int64)), off)
 np.savez(sys.argv[2], means=w.means.numpy(), quats=w.quats.numpy(), scales=w.scales.numpy(), verts=verts.numpy())
 """
 
@@ -201,3 +202,22 @@ def test_generate_on_the_embedded_default_imports_a_bound_avatar(scene, astronau
     for i, f in enumerate([0, 2, 4]):
         s = _splats(scene, obj, scene.frame_start + f)
         assert np.abs(s["position"] - ref["means"][i]).max() < 1e-4 * size
+
+
+def test_reimport_keeps_the_artists_keyframes_unless_asked(scene, toy_bundle, tmp_path):
+    _import(scene, toy_bundle)
+    rig = scene.mvp4d.rig
+    rp = import_module(f"{ADDON}.blender.rig_params")
+    # the avatar's own keys are replaced by a re-import without asking
+    assert bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle)) == {"FINISHED"}
+    T = 7
+    seq = {k: np.zeros((T, n)) for k, n in (("jaw_pose", 3), ("neck_pose", 3), ("eye_pose", 6), ("global_rot", 3),
+                                             ("transl", 3))}
+    seq["expr"] = np.full((T, 12), 0.3)
+    np.savez(tmp_path / "artist.npz", **seq)
+    assert bpy.ops.mvp4d.import_sequence(filepath=str(tmp_path / "artist.npz")) == {"FINISHED"}
+    frames = np.arange(scene.frame_start, scene.frame_start + T, dtype=float)
+    assert bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle)) == {"FINISHED"}
+    np.testing.assert_allclose(rp.read_sequence(rig, frames)["expr"], 0.3, atol=1e-6)  # kept
+    assert bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle), replace_keyframes=True) == {"FINISHED"}
+    assert np.abs(rp.read_sequence(rig, frames[:5])["expr"] - 0.3).max() > 0.05  # the avatar's now

@@ -80,9 +80,10 @@ def test_job_folder_from_the_scene(scene, astronaut, fake_backend, tmp_path):
     spec = json.loads((job / "job.json").read_text())
     assert len(spec["cameras"]["cameras"]) == 6 and sum(c["key"] for c in spec["cameras"]["cameras"]) == 2
     assert spec["animation"]["source"] == "inputs/animation.npz"
+    assert spec["animation"]["num_frames"] == 5  # 6 keyed frames -> the nearest valid length (1 + 4k)
     with np.load(job / "inputs" / "animation.npz") as z:
-        assert z["expr"].shape == (T, 12)
-        np.testing.assert_allclose(z["expr"][:, 1], np.linspace(0, 1, T), atol=1e-6)
+        assert z["expr"].shape == (5, 12)
+        np.testing.assert_allclose(z["expr"][:, 1], np.linspace(0, 1, T)[:5], atol=1e-6)
     assert scene.mvp4d.status == "FINISHED"
 
 
@@ -219,3 +220,33 @@ def test_quitting_ends_the_backend(scene, astronaut, fake_backend, tmp_path):
     runtime.shutdown()  # what atexit runs when Blender quits
     assert proc.proc.poll() is not None
     assert not runtime.any_running()
+
+
+def test_rig_animation_is_sent_at_the_nearest_valid_length(scene):
+    jobspec = import_module(f"{ADDON}.blender.jobspec")
+    assert [jobspec.nearest_valid_frames(n) for n in (1, 2, 3, 4, 5, 10, 11, 12, 89)] == [1, 1, 5, 5, 5, 9, 13, 13, 89]
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    rig = scene.mvp4d.rig
+    for end, expect in ((10, 9), (12, 13)):
+        spec, anim, _ = jobspec.build_spec(scene, rig, None, generator="projection", preset="tiny", seed=0,
+                                           animation="RIG", frame_start=1, frame_end=end)
+        assert spec["animation"]["num_frames"] == expect and anim["expr"].shape[0] == expect
+
+
+def test_backend_warnings_reach_the_generate_panel(scene, astronaut, fake_backend, tmp_path):
+    _ready_scene(astronaut)
+    fake_backend("warn")
+    assert bpy.ops.mvp4d.generate_avatar(output_dir=str(tmp_path / "job"), wait=True) == {"FINISHED"}
+    assert "using its first frames" in scene.mvp4d.warnings
+    drawn = []
+
+    class _Layout:
+        def __getattr__(self, name):
+            return lambda *a, **k: _Layout()
+
+        def label(self, text="", **_k):
+            drawn.append(text)
+
+    panel = next(c for c in bpy.types.Panel.__subclasses__() if c.__name__ == "MVP4D_PT_generate")
+    panel.draw(type("P", (), {"layout": _Layout()})(), bpy.context)
+    assert any("using its first frames" in t for t in drawn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from importlib import import_module
 
@@ -11,7 +10,7 @@ import bpy
 import numpy as np
 import pytest
 
-from .conftest import ADDON, BACKEND_PYTHON, prefs
+from .conftest import ADDON, BACKEND_PYTHON, prefs, set_backend
 
 
 def test_sidebar_tab_in_order(addon):
@@ -59,20 +58,45 @@ def test_check_runs_backend_doctor(scene):
         prefs().python_path = str(BACKEND_PYTHON)
 
 
+def test_install_backend_checks_the_interpreter_first(addon, tmp_path):
+    """A Python the backend does not support is refused before anything is created or downloaded."""
+    inst = import_module(f"{ADDON}.io.installer")
+    link = import_module(f"{ADDON}.backend_link")
+    low, high = inst.supported_python(link.backend_root())
+    assert (low, high) == ((3, 11), (3, 12))  # pyproject.toml's requires-python
+    wrong = tmp_path / "python3.13"  # stands in for Blender 5.x's own Python
+    wrong.write_text("#!/bin/sh\necho 3 13\n")
+    wrong.chmod(0o755)
+    env = tmp_path / "env"
+    with pytest.raises(inst.InterpreterError, match=r"is Python 3\.13; the backend needs Python 3\.11.*Install"):
+        inst.Installer(env_dir=env, base_python=str(wrong), backend_root=link.backend_root()).start()
+    assert not env.exists()
+    with pytest.raises(inst.InterpreterError, match="cannot be run"):
+        inst.choose_base_python(link.backend_root(), str(tmp_path / "no-python"))
+    found, version = inst.choose_base_python(link.backend_root())  # 3.11 is on this machine (the backend's)
+    assert version == (3, 11) and inst.python_version(found) == (3, 11)
+    prefs().backend_mode, prefs().env_dir = "MANAGED", str(env)
+    assert import_module(f"{ADDON}.blender.common").backend_python() == ""  # nothing installed: no backend
+    set_backend(str(BACKEND_PYTHON))
+    prefs().env_dir = ""
+
+
 def test_install_backend_is_resumable_and_reports_failures(addon, tmp_path):
     inst = import_module(f"{ADDON}.io.installer")
     link = import_module(f"{ADDON}.backend_link")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    steps = inst.plan(tmp_path / "env", sys.executable, link.backend_root(), str(wheels))
+    base = str(BACKEND_PYTHON.resolve())  # a supported (3.11) interpreter, whichever Blender runs the test
+    steps = inst.plan(tmp_path / "env", base, link.backend_root(), str(wheels))
     assert [s.name for s in steps][:2] == ["Create environment", "Install torch"]
     assert all("--no-index" in s.argv for s in steps if "pip" in s.argv)
-    job = inst.Installer(env_dir=tmp_path / "env", base_python=sys.executable, backend_root=link.backend_root(),
+    job = inst.Installer(env_dir=tmp_path / "env", base_python=base, backend_root=link.backend_root(),
                          wheel_dir=str(wheels)).start()
     job.thread.join(timeout=120)
     assert job.finished and "Install torch" in job.error and "install.log" in job.error
     assert inst.env_python(tmp_path / "env").is_file()
-    again = inst.Installer(env_dir=tmp_path / "env", base_python=sys.executable, backend_root=link.backend_root(),
+    assert not inst.is_installed(tmp_path / "env")  # a failed install is never passed off as working
+    again = inst.Installer(env_dir=tmp_path / "env", base_python=base, backend_root=link.backend_root(),
                            wheel_dir=str(wheels)).start()
     again.thread.join(timeout=120)
     msgs = []
@@ -176,3 +200,43 @@ def test_cap4d_choice_shows_licence_needs_weights_and_real_flame(scene, astronau
     assert "CC BY-NC 4.0" in text and "not for commercial use" in text
     d = estimates.describe("cap4d", "360", "MEDIUM")
     assert "7.1 GiB" in d and "min" in d
+
+
+def test_no_placeholder_values_in_redo_panels(addon):
+    """Operator arguments a user sees in the redo panel hold real values; unset means "the scene's"."""
+    for name in dir(bpy.ops.mvp4d):
+        rna = getattr(bpy.ops.mvp4d, name).get_rna_type()
+        for prop in rna.properties:
+            if prop.type in ("INT", "FLOAT") and not getattr(prop, "is_array", False):
+                assert prop.default not in (-1, -1000, -1000000), f"mvp4d.{name}.{prop.identifier}"
+
+
+def test_unset_ring_arguments_use_the_scene_and_distance_zero_is_auto(scene):
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    m = scene.mvp4d
+    m.ring_preset, m.ring_count, m.ring_distance = "custom", 5, 0.0
+    assert "auto" in m.bl_rna.properties["ring_distance"].name
+    assert bpy.ops.mvp4d.add_camera_ring() == {"FINISHED"}
+    camops = import_module(f"{ADDON}.blender.cameras")
+    assert len(camops.collection_cameras(m.cameras)) == 5
+    assert bpy.ops.mvp4d.add_camera_ring(count=3) == {"FINISHED"}
+    assert len(camops.collection_cameras(m.cameras)) == 3
+
+
+def test_a_failed_export_names_the_chosen_file(scene, toy_bundle, tmp_path):
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle))
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "avatar.ply"  # its folder is a file: the write fails
+    with pytest.raises(RuntimeError, match=f"Export to {target} failed"):
+        bpy.ops.mvp4d.export_avatar(format="PLY", filepath=str(target))
+
+
+def test_unexpected_finisher_errors_are_internal_with_a_log(addon, tmp_path):
+    runtime = import_module(f"{ADDON}.blender.runtime")
+    avatar = import_module(f"{ADDON}.blender.avatar")
+    err = runtime.finisher_error(KeyError("splat_color"), tmp_path)
+    log = tmp_path / "blender_error.log"
+    assert err.code == "INTERNAL" and str(log) in err.hint and "KeyError" in log.read_text()
+    user = runtime.finisher_error(avatar.AvatarImportError("the rig has another topology"), tmp_path)
+    assert user.code == "BAD_INPUT" and "topology" in user.message
