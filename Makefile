@@ -10,7 +10,9 @@ BPY    := $(BVENV)/bin/python
 BSTAMP := $(BVENV)/.installed
 # ... and the newest bpy 5.x wheel (Python 3.13, Blender's own numpy 2) in another: `make test` runs the
 # Blender suite on both, so the add-on is tested on the oldest and newest Python/API it supports.
-PYTHON313 ?= $(firstword $(shell command -v python3.13) $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13))
+# (a real interpreter: pyenv's shim for python3.13 exists even where that version is not enabled, and fails)
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 \
+             /usr/bin/python3.13) $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null))
 BVENV5  := .venv-blender5
 BPY5    := $(BVENV5)/bin/python
 BSTAMP5 := $(BVENV5)/.installed

@@ -46,11 +46,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_track(args: argparse.Namespace) -> int:
     from .fsutil import check_output_folder
+    from .protocol import ADDON_RUN_FILE
     from .tracking import TRACK_FILES, track_image
 
     out = Path(args.out)
     try:  # the folder is the user's: write into it only when it is new, empty or an earlier track's
-        check_output_folder(out, {*TRACK_FILES.values(), "events.jsonl"})
+        check_output_folder(out, {*TRACK_FILES.values(), "events.jsonl", ADDON_RUN_FILE})
     except MVP4DError as e:
         EventSink(None, stream=sys.stdout).error(e, stage="track")
         return EXIT_ERROR

@@ -39,6 +39,10 @@ MAX_JSON_DEPTH = 64
 #: The job's stages in order (backend/stages.py implements them; ``run --until`` takes one of these).
 JOB_STAGES = ("track", "corpus", "fit", "export")
 
+#: What the add-on writes into a folder before it starts the backend there (the run's pid and where its
+#: events start): the backend's own output checks accept it as part of the run, not as a user's file.
+ADDON_RUN_FILE = "blender_backend.json"
+
 # ---------------------------------------------------------------------------------------------
 # Quality presets: views, frames, resolution. The add-on shows these; cameras.py builds the rings.
 # ---------------------------------------------------------------------------------------------

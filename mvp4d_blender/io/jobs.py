@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-PID_FILE = "blender_backend.json"
+PID_FILE = "blender_backend.json"  # protocol.ADDON_RUN_FILE: the backend accepts it in its output folders
 #: error codes the add-on itself raises (the backend's own are in backend/errors.py)
 ADDON_ERRORS = {
     "BACKEND_MISSING": "Set the backend Python in the MVP4D preferences, or click 'Install backend' there.",

@@ -233,5 +233,5 @@ def test_weights_init_writes_a_loadable_seeded_random_folder_and_refuses_an_exis
     before = sorted(p.name for p in a.rglob("*"))
     capsys.readouterr()
     assert cli_main(["weights", "init", "--out", str(a)]) == 1
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["code"] == "BAD_INPUT"
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["code"] == "OUTPUT_EXISTS"
     assert sorted(p.name for p in a.rglob("*")) == before

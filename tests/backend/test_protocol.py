@@ -136,3 +136,11 @@ def test_generator_memory_and_device_fields():
         d2["generator"][field] = bad
         with pytest.raises(MVP4DError, match=f"generator.{field}"):
             JobSpec.from_json(d2)
+
+
+def test_the_addon_run_file_is_the_one_the_backend_accepts():
+    """The add-on writes its run file into a track folder before the backend starts there."""
+    from backend.protocol import ADDON_RUN_FILE
+    from mvp4d_blender.io.jobs import PID_FILE
+
+    assert PID_FILE == ADDON_RUN_FILE

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,21 +144,26 @@ def test_generate_killed_in_every_stage_resumes_to_the_same_outputs(tmp_path, as
     job = tmp_path / "job"
     (tmp_path / "neighbour.txt").write_text("the user's")
     args = ["generate", "--image", str(astronaut_png), "--out", str(job), *GENERATE]
-    started: list[str] = []
+    from backend.protocol import JOB_STAGES
+
+    stages = list(JOB_STAGES)
+    landed: list[str] = []
     logs: list[str] = []
     for stage, trigger, delay in KILL_POINTS:
         events = _killed_at(args, trigger, delay)
         logs += [e.message for e in events if e.type == "log"]
         assert not _errors(events), _errors(events)
-        started.append(stage)
         skipped = [e.stage for e in events if e.type == "stage" and e.status == "skip"]
-        assert stage not in skipped  # the stage we kill in was really running
-        assert not (job / "stages" / stage / "done.json").exists()
-    assert sorted(set(started)) == ["corpus", "export", "fit", "track"]
+        assert stage not in skipped  # the stage we aim at was really running when its trigger came
+        # where the kill landed: the first unfinished stage (on a loaded machine the trigger is read a
+        # little late, so a kill aimed at a stage's end can land early in the next one)
+        landed.append(next(s for s in stages if not (job / "stages" / s / "done.json").exists()))
+    assert set(landed) == set(stages), landed  # every stage was interrupted at least once
     code, events, err = run_backend(*args, timeout=600)
     assert code == 0, err[-2000:]
-    assert any(m.startswith("resuming: 2 of 6 views") for m in logs)  # the corpus went on after its kill
-    assert any(m == "resuming from the checkpoint at iteration 100" for m in logs + [e.message for e in events])
+    every = logs + [e.message for e in events]
+    assert any(re.match(r"resuming: [1-5] of 6 views", m or "") for m in every)  # the corpus went on after a kill
+    assert any(re.fullmatch(r"resuming from the checkpoint at iteration \d+", m or "") for m in every)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job", "neighbour.txt"]  # nothing written beside it
     leftovers = [p for p in job.rglob(".*") if ".part" in p.name]
     assert leftovers == []
