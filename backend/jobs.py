@@ -1,6 +1,6 @@
 """The staged job runner: job folders, stages, checkpoints, resume and cancellation.
 
-A job folder (DESIGN.md, "Job folder") holds ``job.json``, ``inputs/``, ``events.jsonl``,
+A job folder (docs/design.md, "Job folder") holds ``job.json``, ``inputs/``, ``events.jsonl``,
 ``stages/<name>/`` and ``outputs/``. Stages run in order; a stage is finished when its
 ``stages/<name>/done.json`` exists, and a finished stage is never redone. Inside a stage, work is
 checkpointed in units that are written atomically (e.g. one view of the corpus), so a stopped job

@@ -1,6 +1,6 @@
 """The contract between the Blender add-on and the backend: job spec, events, bundle keys.
 
-Defined once here and nowhere else (DESIGN.md, "Contracts"). Pure Python: importing this module
+Defined once here and nowhere else (docs/design.md, "Contracts"). Pure Python: importing this module
 must not import torch or numpy, because the add-on imports it inside Blender. Everything is a
 dataclass with ``to_json``/``from_json``; ``from_json`` validates and raises
 :class:`~backend.errors.MVP4DError` (``BAD_INPUT``) naming the bad field, e.g.

@@ -1,7 +1,7 @@
 """The weights-free projection generator: the photo projected onto the fitted, animated FLAME head.
 
 Deterministic, geometrically consistent and runs on a CPU in seconds, it is the artists' quick
-preview and the ground truth that tests the fitting stage (DESIGN.md, "The embedded default").
+preview and the ground truth that tests the fitting stage (docs/design.md, "The embedded default").
 
 How a pixel of view *v*, frame *t* gets its colour:
 

@@ -26,7 +26,7 @@ extension. Every view receives every output frame exactly once (context frames a
 outputs). ``depends_on`` lists the passes whose *outputs* a pass reads (data dependencies only): a
 cluster pass needs the key pass of its window and its own previous window; a key extension needs the
 previous key pass. Clusters of one window are independent of each other and of the next key
-extension — units of work for several GPUs (DESIGN.md, "Scale beyond one machine"). The returned list
+extension — units of work for several GPUs (docs/design.md, "Scale beyond one GPU"). The returned list
 is in an executable order (key pass, then its clusters, window by window).
 
 Window sizes are parameters (``window_frames``, ``context_frames``) so tests can exercise extensions

@@ -13,7 +13,7 @@ the same on GPU (and the tests, which run on CPU, test what the GPU runs):
   transmittance per pixel segment from a float64 cumulative sum of log(1 - alpha) minus its
   value at the segment start, front-to-back stop when T would fall to 1e-4, colour/depth
   accumulated with ``index_add_``. All thresholds are gsplat's (``RasterizeToPixels3DGSFwd.cu``).
-  A dense pixel x Gaussian matrix costs 1-2 s per step at 64^2 with 2-5k splats (DESIGN.md);
+  A dense pixel x Gaussian matrix costs 1-2 s per step at 64^2 with 2-5k splats;
   this takes 0.03-0.06 s forward+backward there with one torch thread (more threads are slower
   on a busy 2-core machine). Large images composite in chunks recomputed during backward.
 

@@ -1,6 +1,6 @@
 """Job folders and the backend process, without bpy (the Blender side only copies state into the UI).
 
-:func:`write_job` writes a job folder exactly as DESIGN.md defines it (``job.json`` validated through
+:func:`write_job` writes a job folder exactly as docs/design.md defines it (``job.json`` validated through
 ``backend.protocol.JobSpec``, inputs copied under ``inputs/``). :class:`BackendProcess` starts
 ``<python> -m backend ...`` with the shipped backend on ``PYTHONPATH``; a reader thread parses each
 stdout line with ``protocol.Event.loads`` into a queue that the main thread drains with
