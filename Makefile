@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --upgrade pip
 	# torch first, pinned: on this project's machines the local CPU build, elsewhere the registry's build.
 	$(PY) -m pip install "torch==2.13.0"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,scale]"
 	touch $(STAMP)
 
 $(BSTAMP): Makefile

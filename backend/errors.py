@@ -29,6 +29,11 @@ ERROR_CODES: dict[str, str] = {
     "OUTPUT_EXISTS": "Choose a new output path, or pass --overwrite; nothing was changed.",
     "DISK_FULL": "Free disk space (or raise the quota) on the drive named in the message and run again.",
     "NOT_WRITABLE": "Choose a folder you can write to, or fix the permissions of the path named in the message.",
+    "EXECUTOR_UNAVAILABLE": (
+        "Install the 'scale' extra (pip install ray) or start the Ray cluster named by --ray-address, "
+        "or run with --executor local."
+    ),
+    "WORKER_LOST": "Run the job again: finished units are kept and only the lost one is redone.",
     "INTERNAL": "This is a bug; please report it with the log file named in the message.",
 }
 

@@ -339,13 +339,15 @@ class MMVDMGenerator:
         check: Callable[[], None] | None = None,
         log: Callable[[str], None] | None = None,
         ref_outcrop: np.ndarray | None = None,
+        executor: Any = None,
     ) -> dict[str, Any]:
         """Generate every view of ``ring`` for the animation ``params`` (F = 1 + 4k frames).
 
         ``vertices (F, V, 3)``: the head posed per frame (checked against ``params``); ``ref_params``: one
         frame, the reference pose; ``ref_camera``/``ref_image``: the reference crop camera and uint8
         (H, W, 3) crop on white, the same size as the ring's images; ``ref_outcrop``: its (H, W) out-crop
-        mask (1 = photo, 0 = padding), None = all photo. Returns a summary dict.
+        mask (1 = photo, 0 = padding), None = all photo. ``executor``: how the passes run
+        (:mod:`backend.executors`; None: here, in plan order). Returns a summary dict.
         """
         s = self.settings
         log = log or (lambda _m: None)
@@ -391,6 +393,8 @@ class MMVDMGenerator:
                    out_views_dir, check, log, H)
         total = sum(run.pass_steps(tag, p) for tag, pl, _f in stages for p in pl)
         run.progress_total, run.progress_cb = total, progress
+        if executor is not None:
+            run.executor = executor
         for tag, pl, factor in stages:
             run.run_stage(tag, pl, factor, output=(tag == "final" or s.refine_strength == 0))
         missing = [c.name for c in ring.cameras if not (out_views_dir / c.name).is_dir()]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from ..flame import FlameParams
 from ..fsutil import atomic_dir, atomic_path
 from ..jobpaths import confine
 from ..mmvdm.plan import Pass
-from ..mmvdm.sampler import _start_index, guidance_scale, mode_masks, sample, upsample_latents
+from ..mmvdm.sampler import _start_index, guidance_scale, mode_masks, upsample_latents
 
 __all__ = ["PassRunner", "pass_seed"]
 
@@ -117,6 +116,13 @@ class PassRunner:
         self.ref_geometry = head_geometry(flame, ref_params)
         self.progress_total, self.progress_cb, self.done = 0, None, 0
         self._ref_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        from ..executors.local import LocalExecutor
+
+        self.executor: Any = LocalExecutor()
+        #: what a worker elsewhere needs to build the same runner (see backend.executors.ray_executor)
+        self.worker_args = dict(ring=ring, flame=flame, params=params, ref_params=ref_params, ref_camera=ref_camera,
+                                ref_image=ref_image, ref_outcrop=ref_outcrop, state_dir=state_dir, out_dir=out_dir,
+                                res=res)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def pass_steps(self, tag: str, p: Pass) -> int:
@@ -233,35 +239,9 @@ class PassRunner:
 
     # -- a stage ------------------------------------------------------------------------------
     def run_stage(self, tag: str, plan: list[Pass], factor: int, output: bool) -> None:
-        s = self.s
-        sampler = "joint" if (tag == "preview" or s.sampler == "preview") else s.sampler
-        for p in plan:
-            path = self.ckpt(tag, p)
-            n_steps = self.pass_steps(tag, p)
-            if path.is_file():
-                self.write_frames(tag, p, _load_latents(path))  # no-op unless frames were lost
-                self._progress(n_steps)
-            else:
-                if self.check is not None:
-                    self.check()
-                t0 = time.time()
-                kw = self.inputs(tag, plan, p, factor)
-                self.g._use("transformer")
-                done0 = self.done
-                lat = sample(self.g.transformer, kw.pop("latents_shape"), **kw, steps=p.steps, guidance=s.guidance,
-                             seed=pass_seed(s.seed, ("preview-" if tag == "preview" else "") + p.id),
-                             sampler=sampler, strength=s.refine_strength if kw["init_latents"] is not None else 1.0,
-                             progress=lambda d, _t: self._set_done(done0 + d), check=self.check,
-                             sub_batch=1 if s.cfg_passes == "sequential" else None, scheduler=self.g.scheduler,
-                             device=self.g.device)
-                own = lat[len(p.reference_views):]
-                _save_latents(path, own, {"pass": p.to_json(), "stage": tag})
-                self._set_done(done0 + n_steps)
-                self.log(f"MMVDM {tag} pass {p.id} (mode {p.mode}, {len(p.views)} views + {len(p.reference_views)} "
-                         f"references, frames {p.frames[0]}-{p.frames[1] - 1}) took {time.time() - t0:.1f} s")
-                self.write_frames(tag, p, own)
-            if output:
-                self.finish_views(tag, p.views, factor)
+        """The stage's passes through the executor (local: in order here; ray: units as Ray tasks); the
+        unit itself is :func:`backend.executors.units.run_mmvdm_pass` for both."""
+        self.executor.run_mmvdm_stage(self, tag, plan, factor, output)
 
     def _set_done(self, d: int) -> None:
         self.done = d
