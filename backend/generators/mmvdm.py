@@ -387,7 +387,8 @@ class MMVDMGenerator:
         state_dir, out_views_dir = Path(state_dir), Path(out_views_dir)
         self._prepare_state(state_dir, out_views_dir, ring, F, H, log)
         device = s.resolved_device()
-        self._load(device, log)
+        if getattr(executor, "name", "local") == "local":  # other executors load the model in their workers
+            self._load(device, log)
 
         run = PassRunner(self, ring, flame, params, ref_params, ref_camera, ref_image, ref_outcrop, state_dir,
                    out_views_dir, check, log, H)

@@ -108,6 +108,7 @@ class PassRunner:
 
     def __init__(self, gen, ring, flame, params, ref_params, ref_camera, ref_image, ref_outcrop,
                  state_dir: Path, out_dir: Path, check, log, res: int):
+        log = log or (lambda _m: None)
         self.g, self.s = gen, gen.settings
         self.ring, self.flame, self.params = ring, flame, params
         self.ref_params, self.ref_camera, self.ref_image, self.ref_outcrop = ref_params, ref_camera, ref_image, ref_outcrop

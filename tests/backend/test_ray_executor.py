@@ -1,0 +1,162 @@
+"""The Ray executor (backend/executors/ray_executor.py) on a 2-CPU local Ray cluster, on the tiny random
+MMVDM and the toy head: bitwise the local executor's corpus, a killed worker costs only its unit, cancel
+stops every worker within 5 s, and no Ray process outlives the module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil  # accelerate's dependency
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs the 'scale' extra (ray)")
+
+from backend.errors import Cancelled, MVP4DError  # noqa: E402
+from backend.events import CancelToken  # noqa: E402
+from backend.executors import make_executor  # noqa: E402
+from backend.generators.mmvdm import MMVDMGenerator, MMVDMSettings  # noqa: E402
+from backend.protocol import ExecutorSpec  # noqa: E402
+
+from .test_mmvdm_generator import _frames, _read_views, components, flame, scene  # noqa: E402,F401
+
+#: an extension plan (w0-key, w0-c00, w1-key, w1-c00): w0-c00 and w1-key are independent
+SETTINGS = dict(steps_key=3, steps_other=2, window_frames=9, context_frames=5, seed=5)
+FRAMES = 13
+
+
+def _ray_procs() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)  # ray.init's GCS, raylet and workers
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """ONE local Ray instance for the module (Ray starts slowly on 2 shared cores), always stopped."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config={"worker_register_timeout_seconds": 120})
+    yield
+    ray.shutdown()
+    deadline = time.time() + 20
+    while _ray_procs() and time.time() < deadline:
+        time.sleep(0.2)
+    left = [(p.pid, p.name()) for p in _ray_procs() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"Ray processes left after shutdown: {left}"
+
+
+def _run(components, flame, scene, out: Path, executor=None, check=None, **over):  # noqa: F811
+    params = _frames(scene.params, FRAMES)
+    with torch.no_grad():
+        verts = flame(params).vertices
+    gen = MMVDMGenerator(settings=MMVDMSettings(**{**SETTINGS, **over}), components=components)
+    logs, seen = [], []
+    gen.generate(scene.ring, verts, flame, params, scene.ref_params, scene.ref_cam, scene.ref_image, out / "views",
+                 out / "state", progress=lambda d, t: seen.append((d, t)), check=check, log=logs.append,
+                 executor=executor)
+    return logs, seen
+
+
+def _latents(state: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {p.name: load_file(str(p))["latents"] for p in sorted(state.glob("*.safetensors"))}
+
+
+def _sampled(logs: list[str]) -> list[str]:
+    return sorted(m.split(" pass ")[1].split()[0] for m in logs if " took " in m)
+
+
+@pytest.fixture(scope="module")
+def local_result(components, flame, scene, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("local")
+    _run(components, flame, scene, out)
+    return _read_views(out / "views"), _latents(out / "state")
+
+
+def _executor(out: Path, **spec) -> object:
+    return make_executor(ExecutorSpec(name="ray", **spec), cancel_file=out / "cancel")
+
+
+def test_ray_corpus_is_bitwise_the_local_one(cluster, components, flame, scene, local_result, tmp_path):  # noqa: F811
+    views, latents = local_result
+    ex = _executor(tmp_path)
+    logs, seen = _run(components, flame, scene, tmp_path, executor=ex)
+    assert _sampled(logs) == ["w0-c00", "w0-key", "w1-c00", "w1-key"]  # workers' log lines reach the driver
+    assert seen[-1][0] == seen[-1][1] == 3 + 2 + 3 + 2 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert len(set(ex.last_pids.values())) == 2  # both workers of the cluster ran units
+    got = _read_views(tmp_path / "views")
+    assert sorted(got) == sorted(views) and all(np.array_equal(views[k], got[k]) for k in views)
+    got_lat = _latents(tmp_path / "state")
+    assert sorted(got_lat) == sorted(latents) and all(torch.equal(latents[k], got_lat[k]) for k in latents)
+
+
+def _in_thread(fn) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+        box["t_end"] = time.time()
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_killed_worker_costs_only_its_unit(cluster, components, flame, scene, local_result, tmp_path):  # noqa: F811
+    views, _ = local_result
+    ex = _executor(tmp_path, retries=0)
+    slow = dict(steps_other=40)  # the cluster passes run long enough to be killed mid-unit
+    t, box = _in_thread(lambda: _run(components, flame, scene, tmp_path, executor=ex, **slow))
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline and t.is_alive():
+        pid = ex.last_pids.get("w0-c00")
+        if pid is not None and not (tmp_path / "state" / "w0-c00.safetensors").exists():
+            victim = pid
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    t.join(120)
+    assert victim is not None, "w0-c00 never started"
+    assert isinstance(box.get("error"), MVP4DError) and box["error"].code == "WORKER_LOST", box
+    state = tmp_path / "state"
+    assert (state / "w0-key.safetensors").is_file() and not (state / "w0-c00.safetensors").exists()
+    before = {p.name for p in state.glob("*.safetensors")}
+    logs, _ = _run(components, flame, scene, tmp_path, executor=_executor(tmp_path, retries=0), **slow)
+    redone = _sampled(logs)
+    assert "w0-c00" in redone and not any(f"{u}.safetensors" in before for u in redone)  # only the lost units
+    ref_logs, _ = _run(components, flame, scene, tmp_path / "ref", **slow)  # the local executor, same settings
+    ref, got = _read_views(tmp_path / "ref" / "views"), _read_views(tmp_path / "views")
+    assert sorted(got) == sorted(ref) and all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+def _busy_workers() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("mmvdm_unit_task" in (c or "") for c in (p.info["cmdline"] or []))]
+
+
+def test_cancel_stops_every_worker_within_5_s(cluster, components, flame, scene, tmp_path):  # noqa: F811
+    ex = _executor(tmp_path)
+    token = CancelToken(tmp_path / "cancel")
+    slow = dict(steps_key=200, steps_other=200)
+    t, box = _in_thread(lambda: _run(components, flame, scene, tmp_path, executor=ex, check=token.check, **slow))
+    deadline = time.time() + 120
+    while "w0-key" not in ex.last_pids and time.time() < deadline and t.is_alive():
+        time.sleep(0.05)
+    assert "w0-key" in ex.last_pids
+    time.sleep(0.5)
+    t0 = time.time()
+    (tmp_path / "cancel").write_text("")
+    t.join(30)
+    assert isinstance(box.get("error"), Cancelled), box
+    assert box["t_end"] - t0 < 5.0
+    while _busy_workers() and time.time() - t0 < 5.0:
+        time.sleep(0.1)
+    assert not _busy_workers() and time.time() - t0 < 5.0
+    assert not (tmp_path / "state" / "w0-key.safetensors").exists()
