@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_input
 from .events import CancelToken, EventSink
+from .executors.options import add_executor_options
 from .protocol import (
     CAP4D_QUALITY,
     DTYPES,
@@ -25,6 +26,7 @@ from .protocol import (
     VRAM_PRESETS,
     AnimationSpec,
     CamerasSpec,
+    ExecutorSpec,
     GeneratorSpec,
     InputsSpec,
     JobSpec,
@@ -86,15 +88,23 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
             seed=args.seed, sampler=args.sampler, guidance=args.guidance, steps_key=args.steps_key,
             steps_other=args.steps_other, vram=args.vram, dtype=args.dtype, quality=args.quality,
         ),
+        executor=_executor_spec(args) or ExecutorSpec(),
     )
 
 
-def _run(job_dir: Path, until: str | None) -> int:
+def _executor_spec(args: argparse.Namespace) -> ExecutorSpec | None:
+    """--executor/--ray-address/--gpus-per-unit/--fit-device/--fit-gpus (None: none given)."""
+    from .executors.options import executor_spec
+
+    return executor_spec(args)
+
+
+def _run(job_dir: Path, until: str | None, executor: ExecutorSpec | None = None) -> int:
     from .jobs import run_job
 
     cancel = CancelToken(job_dir / "cancel")
     cancel.install_signal_handlers()
-    return run_job(job_dir, until=until, cancel=cancel)
+    return run_job(job_dir, until=until, cancel=cancel, executor=executor)
 
 
 def _create_and_run(args: argparse.Namespace, image: str | Path, until: str | None) -> int:
@@ -119,7 +129,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run(Path(args.job_dir), until=args.until)
+    try:
+        executor = _executor_spec(args)
+    except MVP4DError as e:
+        EventSink(None).error(e)
+        return EXIT_ERROR
+    return _run(Path(args.job_dir), until=args.until, executor=executor)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -185,6 +200,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
     p.add_argument("--vram", default=None, choices=list(VRAM_PRESETS), help="MMVDM/CAP4D memory preset")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES))
     p.add_argument("--fit-iterations", type=int, default=None, help="avatar fitting iterations (default: preset's)")
+    add_executor_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run or resume a job folder")
     p.add_argument("job_dir")
     p.add_argument("--until", default=None, help="stop after this stage")
+    add_executor_options(p)  # given: replaces job.json's executor for this run
     p.set_defaults(func=cmd_run)
 
     helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON)",

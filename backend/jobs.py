@@ -171,8 +171,12 @@ def run_job(
     until: str | None = None,
     sink: EventSink | None = None,
     cancel: CancelToken | None = None,
+    executor: Any = None,
 ) -> int:
     """Run (or resume) a job; return the process exit code. Errors become ``error`` events.
+
+    ``executor``: a :class:`~backend.protocol.ExecutorSpec` that replaces job.json's for this run
+    (how units run never changes results, so the job's settings and checkpoints stay valid).
 
     The run holds the job's lock (:class:`~backend.joblock.JobLock`) from start to end; a second
     run of the same job ends at once with ``JOB_LOCKED``. Under the lock, temporaries left by an
@@ -189,6 +193,8 @@ def run_job(
     current: str | None = None
     try:
         spec = JobSpec.load(job_dir)
+        if executor is not None:
+            spec.executor = executor
         spec.check_paths(job_dir)
         check_tree(job_dir)  # no link leads out of the job, so nothing derived inside it can
         names = JOB_STAGES if stages is None else [st.name for st in stages]

@@ -158,10 +158,17 @@ def _run_mmvdm(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flam
     """The paper's plan: passes checkpointed under ``stages/corpus/mmvdm/`` (resume skips finished ones)."""
     from .generators.mmvdm import MMVDMGenerator
 
+    from .executors import make_executor
+
     gen = MMVDMGenerator.from_spec(ctx.spec.generator)  # WEIGHTS_MISSING/MISMATCH before any work
-    gen.generate(ring, vertices, flame, seq, ref_params, crop_cam, crop, out_views_dir=ctx.path("stages/corpus/views"),
-                 state_dir=ctx.path("stages/corpus/mmvdm"), progress=ctx.progress, check=ctx.cancel.check,
-                 log=lambda m: ctx.sink.log(m, stage=ctx.stage), ref_outcrop=outcrop)
+    executor = make_executor(ctx.spec.executor, cancel_file=ctx.job_dir / "cancel")  # local or ray (job.json)
+    try:
+        gen.generate(ring, vertices, flame, seq, ref_params, crop_cam, crop,
+                     out_views_dir=ctx.path("stages/corpus/views"), state_dir=ctx.path("stages/corpus/mmvdm"),
+                     progress=ctx.progress, check=ctx.cancel.check, log=lambda m: ctx.sink.log(m, stage=ctx.stage),
+                     ref_outcrop=outcrop, executor=executor)
+    finally:
+        executor.close()
 
 
 def _corpus_animation(seq: FlameParams, frames: list[int] | None) -> FlameParams:

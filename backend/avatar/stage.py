@@ -63,9 +63,7 @@ def run_fit(ctx: StageContext) -> dict[str, str]:
     track = load_track(stage_dir(ctx.job_dir, "track"), flame_source=flame)
     settings = FitSettings.from_json(spec.fit, default_preset=spec.cameras.preset)
     corpus_dir = stage_dir(ctx.job_dir, "corpus")
-    result = fit_avatar(corpus_dir, flame, track.params.shape, settings, progress=ctx.progress,
-                        check=ctx.cancel.check, checkpoint_dir=ctx.stage_dir,
-                        log=lambda m: ctx.sink.log(m, stage=ctx.stage))
+    result = _fit(ctx, corpus_dir, flame, track.params.shape, settings)
     gen = spec.generator
     metadata = {
         "fps": float(spec.animation.fps),
@@ -80,6 +78,26 @@ def run_fit(ctx: StageContext) -> dict[str, str]:
     ctx.sink.log(f"avatar: {result.num_gaussians} Gaussians, {result.iterations} iterations, "
                  f"training PSNR {result.stats.get('train_psnr') or float('nan'):.2f} dB", stage=ctx.stage)
     return {"avatar": BUNDLE_NAME, "fit": "stages/fit"}
+
+
+def _fit(ctx: StageContext, corpus_dir, flame, shape: torch.Tensor, settings: FitSettings) -> FitResult:
+    """The fit as a unit of its own: here (on ``executor.fit_device`` when set), or with the Ray executor
+    and ``executor.fit_gpus`` > 0 as a Ray task with those GPUs, so that another job's generation can use
+    the generation GPUs meanwhile. Either way it checkpoints into the fit stage's folder (resume)."""
+    ex, log = ctx.spec.executor, (lambda m: ctx.sink.log(m, stage=ctx.stage))
+    if ex.name == "ray" and ex.fit_gpus > 0:
+        from ..executors import make_executor
+
+        runner = make_executor(ex, cancel_file=ctx.job_dir / "cancel")
+        try:  # the task's own GPU: its device is "auto" (Ray sets which GPUs the worker sees)
+            return runner.run_call(fit_avatar, (corpus_dir, flame, shape, settings), {"checkpoint_dir": ctx.stage_dir},
+                                   unit="fit", gpus=ex.fit_gpus, progress=ctx.progress, check=ctx.cancel.check, log=log)
+        finally:
+            runner.close()
+    if ex.fit_device:
+        settings = settings.replace(device=ex.fit_device)
+    return fit_avatar(corpus_dir, flame, shape, settings, progress=ctx.progress, check=ctx.cancel.check,
+                      checkpoint_dir=ctx.stage_dir, log=log)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -89,16 +89,35 @@ def mmvdm_unit_task(work: MMVDMWork, tag: str, plan: list, index: int, factor: i
     return {"id": p.id, "sampled": sampled, "logs": logs, "pid": pid}
 
 
+def call_task(fn: Any, args: tuple, kwargs: dict, unit: str, cancel_file: Path | None, board: Any) -> tuple[Any, list]:
+    """A Ray task: ``fn(*args, **kwargs, progress=, check=, log=)`` in a worker — a unit of its own such
+    as the avatar fit (:meth:`RayExecutor.run_call`). Returns its value and its log lines."""
+    from ..events import CancelToken
+
+    logs: list[str] = []
+    pid = os.getpid()
+    board.report.remote(unit, 0, pid)
+    value = fn(*args, **kwargs, progress=lambda d, t: board.report.remote(unit, d, pid, t),
+               check=CancelToken(cancel_file).check if cancel_file else None, log=logs.append)
+    return value, logs
+
+
 class _ProgressBoard:
     """A Ray actor: steps done per unit (and the worker pid running it), summed by the driver."""
 
     def __init__(self) -> None:
         self.steps: dict[str, int] = {}
         self.pids: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
 
-    def report(self, unit: str, done: int, pid: int) -> None:
+    def report(self, unit: str, done: int, pid: int, total: int | None = None) -> None:
         self.steps[unit] = int(done)
         self.pids[unit] = int(pid)
+        if total is not None:
+            self.totals[unit] = int(total)
+
+    def total(self, unit: str) -> int | None:
+        return self.totals.get(unit)
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         return dict(self.steps), dict(self.pids)
@@ -136,9 +155,52 @@ class RayExecutor:
             self.ray.shutdown()
             self._owns = False
 
+    def require_gpus(self, gpus: float, what: str) -> None:
+        """``EXECUTOR_UNAVAILABLE`` now instead of a task that waits forever for GPUs the cluster lacks."""
+        have = float(self.ray.cluster_resources().get("GPU", 0.0))
+        if gpus > have:
+            raise MVP4DError("EXECUTOR_UNAVAILABLE", f"{what} asks for {gpus:g} GPU(s) but the Ray cluster has "
+                             f"{have:g}", "Lower --gpus-per-unit/--fit-gpus or add GPU nodes to the cluster.")
+
     def unit_device(self) -> str:
         """A unit's torch device inside its worker: its Ray-assigned GPU (``cuda``) or the CPU."""
         return "cuda" if self.spec.gpus_per_unit > 0 else "cpu"
+
+    # -- one call as a unit of its own (the fit) ---------------------------------------------------
+    def run_call(self, fn: Any, args: tuple, kwargs: dict, *, unit: str, gpus: float, progress: Any, check: Any,
+                 log: Any) -> Any:
+        """``fn`` as one Ray task with ``gpus`` GPUs (on whichever node has them free), its progress,
+        log lines and cancel handled like a plan unit's; returns its value."""
+        ray = self.ray
+        self.connect()
+        self.require_gpus(gpus, f"the {unit} unit")
+        board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
+        ref = ray.remote(call_task).options(num_cpus=1, num_gpus=gpus, max_retries=self.spec.retries,
+                                            retry_exceptions=False).remote(fn, args, kwargs, unit, self.cancel_file,
+                                                                           board)
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=_POLL_S)
+                if check is not None:
+                    check()
+                steps, self.last_pids = ray.get(board.snapshot.remote())
+                total = ray.get(board.total.remote(unit))
+                if progress is not None and total and unit in steps:
+                    progress(steps[unit], total)
+                if ready:
+                    break
+            try:
+                value, logs = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - as the job's typed error
+                raise self._unit_error(e, unit) from None
+        except BaseException:
+            ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(board)
+        for line in logs:
+            log(line)
+        return value
 
     # -- MMVDM ------------------------------------------------------------------------------------
     def _work(self, runner: Any) -> MMVDMWork:
@@ -151,6 +213,7 @@ class RayExecutor:
     def run_mmvdm_stage(self, runner: Any, tag: str, plan: list, factor: int, output: bool) -> None:
         ray = self.ray
         self.connect()
+        self.require_gpus(self.spec.gpus_per_unit, "each MMVDM unit")
         work = ray.put(self._work(runner))
         board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
         task = ray.remote(mmvdm_unit_task).options(num_cpus=1, num_gpus=self.spec.gpus_per_unit,

@@ -160,3 +160,42 @@ def test_cancel_stops_every_worker_within_5_s(cluster, components, flame, scene,
         time.sleep(0.1)
     assert not _busy_workers() and time.time() - t0 < 5.0
     assert not (tmp_path / "state" / "w0-key.safetensors").exists()
+
+
+def test_fit_as_a_ray_unit_of_its_own_is_the_local_fit(cluster, tmp_path):
+    """The fit stage's unit (backend/avatar/stage.py `_fit` with executor.fit_gpus) through run_call on a
+    worker gives the local fit bit for bit, its progress reaching the driver; a GPU ask the cluster
+    cannot meet is refused at once instead of waiting forever."""
+    from backend.avatar.fit import fit_avatar
+    from backend.avatar.settings import preset_settings
+    from backend.flame import Flame, load_flame
+    from backend.jobs import create_job, run_job
+    from backend.events import EventSink
+    from backend.protocol import CamerasSpec, InputsSpec, JobSpec
+    from backend.tracking import load_track
+    from backend.tracking.image import default_reference_image, save_png_atomic
+
+    image = tmp_path / "astronaut.png"
+    save_png_atomic(image, default_reference_image())
+    job = tmp_path / "job"
+    create_job(job, image, JobSpec(inputs=InputsSpec(reference_image=""), cameras=CamerasSpec(preset="tiny")))
+    assert run_job(job, until="corpus", sink=EventSink(job / "events.jsonl", stream=None)) == 0
+    flame_ = Flame(load_flame("toy"))
+    shape = load_track(job / "stages" / "track", flame_source=flame_).params.shape
+    s = preset_settings("tiny").replace(iterations=6, use_sfm=False, log_every=1, checkpoint_every=3,
+                                         train_frames="even", device="cpu")
+    corpus = job / "stages" / "corpus"
+    local = fit_avatar(corpus, flame_, shape, s)
+    ex = _executor(tmp_path)
+    seen, logs = [], []
+    remote = ex.run_call(fit_avatar, (corpus, flame_, shape, s), {"checkpoint_dir": tmp_path / "fit"}, unit="fit",
+                         gpus=0, progress=lambda d, t: seen.append((d, t)), check=None, log=logs.append)
+    assert ex.last_pids["fit"] != os.getpid() and (tmp_path / "fit").is_dir()
+    assert remote.iterations == local.iterations and torch.equal(remote.vertices, local.vertices)
+    assert sorted(remote.tensors) == sorted(local.tensors)
+    assert all(torch.equal(remote.tensors[k], local.tensors[k]) for k in local.tensors), "worker fit != local fit"
+    assert seen and seen[-1][0] <= seen[-1][1]
+    with pytest.raises(MVP4DError) as e:
+        ex.run_call(fit_avatar, (corpus, flame_, shape, s), {}, unit="fit", gpus=1, progress=None, check=None,
+                    log=logs.append)
+    assert e.value.code == "EXECUTOR_UNAVAILABLE"
