@@ -184,10 +184,16 @@ def _run_cap4d(ctx: StageContext, ring: CameraRing, flame: Flame, seq: FlamePara
     """CAP4D's MMDM: latents checkpointed under ``stages/corpus/cap4d/`` (resume only decodes)."""
     from .generators.cap4d import CAP4DGenerator, CAP4DSettings
 
+    from .executors import make_executor
+
     gen = CAP4DGenerator(ctx.spec.generator.weights, CAP4DSettings.from_spec(ctx.spec.generator, ctx.spec.cameras.preset))
-    gen.generate(ring, flame, seq, frames, ref_params, ref_camera, matted, out_views_dir=ctx.stage_dir / "views",
-                 state_dir=ctx.stage_dir / "cap4d", progress=ctx.progress, check=ctx.cancel.check,
-                 log=lambda m: ctx.sink.log(m, stage=ctx.stage))
+    executor = make_executor(ctx.spec.executor, cancel_file=ctx.job_dir / "cancel")  # local or ray (job.json)
+    try:
+        gen.generate(ring, flame, seq, frames, ref_params, ref_camera, matted, out_views_dir=ctx.stage_dir / "views",
+                     state_dir=ctx.stage_dir / "cap4d", progress=ctx.progress, check=ctx.cancel.check,
+                     log=lambda m: ctx.sink.log(m, stage=ctx.stage), executor=executor)
+    finally:
+        executor.close()
 
 
 def _run_per_view(ctx: StageContext, ring: CameraRing, vertices: torch.Tensor, flame: Flame, track: Any,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,11 +81,19 @@ class StochasticIOSampler:
         check: Callable[[], None] = lambda: None,
         progress: Callable[[int, int], None] = lambda done, total: None,
         device: torch.device | str | None = None,
+        groups: Callable[..., list[torch.Tensor]] | None = None,
+        step_checkpoint: Any = None,
     ) -> torch.Tensor:
         """Latents (N, C, h, w) float32 for the N targets.
 
         ``ref_latents`` (n_ref, C, h, w) clean latents; ``ref_maps`` (n_ref, h, w, K) and ``target_maps``
         (N, h, w, K) conditioning maps (their reference-mask channel already set).
+
+        ``groups(x, t, batches, check)``: the step's ε of each batch ``(targets, refs)`` — the units of
+        one step, independent of each other (None: :meth:`local_groups`, one after the other here; the
+        Ray executor runs them as tasks). ``step_checkpoint``: an object with ``load() -> (step, x) |
+        None`` and ``save(step, x)``: ``x`` after every step, so an interrupted run resumes at its last
+        finished step (the groupings of earlier steps are replayed from the seed, no model call).
         """
         s = self.s
         dev = torch.device(device) if device is not None else next(self.unet.parameters()).device
@@ -98,19 +107,38 @@ class StochasticIOSampler:
         ref_latents, ref_maps, target_maps = ref_latents.float().to(dev), ref_maps.to(dev), target_maps.to(dev)
         self.scheduler.set_timesteps(s.steps)
         timesteps = self.scheduler.timesteps
+        inputs = (ref_latents, ref_maps, target_maps)
+        groups = groups or (lambda x_, t_, batches, chk: self.local_groups(x_, t_, batches, chk, *inputs))
+        first = 0
+        saved = step_checkpoint.load() if step_checkpoint is not None else None
+        if saved is not None:
+            first, x = saved[0], saved[1].float().to(dev)
+            progress(first, len(timesteps))
         for i, t in enumerate(timesteps):
             targets, keep, refs = group_schedule(rng, n, n_ref, s.views, s.max_refs)
+            if i < first:
+                continue  # replayed only to keep the random stream of later steps
+            slices = [slice(b, b + s.groups_per_batch) for b in range(0, len(targets), s.groups_per_batch)]
             eps = torch.zeros_like(x)
-            for start in range(0, len(targets), s.groups_per_batch):
-                check()
-                sl = slice(start, start + s.groups_per_batch)
-                e = self._guided_eps(x, int(t), targets[sl], refs[sl], ref_latents, ref_maps, target_maps)
+            for sl, e in zip(slices, groups(x, int(t), [(targets[sl], refs[sl]) for sl in slices], check)):
                 k = torch.from_numpy(keep[sl].reshape(-1)).to(dev)
                 idx = torch.from_numpy(targets[sl].reshape(-1)).to(dev)
-                eps[idx[k]] = e.reshape(-1, c, h, w)[k]
+                eps[idx[k]] = e.to(dev).reshape(-1, c, h, w)[k]
             x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample.float()
+            if step_checkpoint is not None and i + 1 < len(timesteps):
+                step_checkpoint.save(i + 1, x)
             progress(i + 1, len(timesteps))
         return x
+
+    def local_groups(self, x: torch.Tensor, t: int, batches: list[tuple[np.ndarray, np.ndarray]],
+                     check: Callable[[], None], ref_latents: torch.Tensor, ref_maps: torch.Tensor,
+                     target_maps: torch.Tensor) -> list[torch.Tensor]:
+        """The step's units here, one after the other (``check`` before each): ε of each batch."""
+        out = []
+        for targets, refs in batches:
+            check()
+            out.append(self._guided_eps(x, t, targets, refs, ref_latents, ref_maps, target_maps))
+        return out
 
     def _guided_eps(self, x: torch.Tensor, t: int, targets: np.ndarray, refs: np.ndarray, ref_latents: torch.Tensor,
                     ref_maps: torch.Tensor, target_maps: torch.Tensor) -> torch.Tensor:

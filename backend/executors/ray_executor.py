@@ -15,6 +15,7 @@ How an MMVDM stage runs (:meth:`RayExecutor.run_mmvdm_stage`):
   are written by the driver;
 * cancel (the job's cancel file or a signal to the driver): workers check the cancel file between
   steps, and the driver force-cancels every task in flight (their processes are killed) at once;
+* CAP4D (:mod:`.ray_cap4d`): each denoising step's groups are the units, the driver keeps the step;
 * a worker that dies (crash, lost node) costs its unit only: Ray reruns it ``retries`` times; after
   that the stage fails with ``WORKER_LOST`` once the other units in flight have finished, and a rerun
   of the job redoes just the units without a checkpoint.
@@ -201,6 +202,13 @@ class RayExecutor:
         for line in logs:
             log(line)
         return value
+
+    # -- CAP4D --------------------------------------------------------------------------------------
+    def cap4d_groups(self, gen: Any, sampler_settings: Any, inputs: tuple) -> Any:
+        """Each sampling step's groups as Ray tasks (:mod:`.ray_cap4d`)."""
+        from .ray_cap4d import cap4d_groups
+
+        return cap4d_groups(self, gen, sampler_settings, inputs)
 
     # -- MMVDM ------------------------------------------------------------------------------------
     def _work(self, runner: Any) -> MMVDMWork:

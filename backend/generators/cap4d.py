@@ -10,8 +10,10 @@
    at the preset's resolution. The reference is the matted photo cropped so and VAE-encoded
    (posterior sample × 0.18215); each target's crop is taken in its ring camera.
 4. :class:`~backend.cap4d.sampler.StochasticIOSampler` generates all targets (CFG 2.0); the latents
-   are checkpointed (``state_dir/latents.safetensors`` with the settings fingerprint), so a resumed
-   job only decodes.
+   are checkpointed after every step (``state_dir/steps.safetensors``: a resumed job continues at its
+   last finished step) and at the end (``state_dir/latents.safetensors`` with the settings fingerprint),
+   so a resumed finished job only decodes. Each step's groups are independent units: the Ray executor
+   runs them as tasks (:mod:`backend.executors`).
 5. Each view's crops are decoded and pasted back into the ring camera's image (white outside the
    crop) and written as one atomic folder ``views/<name>/NNNN.png``.
 """
@@ -39,7 +41,7 @@ from ..flame import Flame, FlameParams
 from ..fsutil import atomic_dir, atomic_path, write_json_atomic
 from ..protocol import CAP4D_QUALITY, CAP4D_QUALITY_FOR_PRESET
 
-__all__ = ["CAP4DSettings", "CAP4DGenerator", "cap4d_frames", "select_frames", "CAP4D_VRAM", "estimate_vram"]
+__all__ = ["CAP4DSettings", "CAP4DGenerator", "StepCheckpoint", "cap4d_frames", "select_frames", "CAP4D_VRAM", "estimate_vram"]
 
 GiB = 1024**3
 #: crop side / larger side of the projected head box (upstream's 20 % margin)
@@ -180,11 +182,13 @@ class CAP4DGenerator:
     def generate(self, ring: CameraRing, flame: Flame, params: FlameParams, frames: list[int],
                  ref_params: FlameParams, ref_camera: Camera, matted: np.ndarray, out_views_dir: str | Path,
                  state_dir: str | Path, progress: Callable[[int, int], None] | None = None,
-                 check: Callable[[], None] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 check: Callable[[], None] | None = None, log: Callable[[str], None] | None = None,
+                 executor: Any = None) -> dict[str, Any]:
         """Write ``views/<name>/NNNN.png`` for ``frames`` of ``params`` (the full animation) in every view.
 
         ``ref_params``/``ref_camera``/``matted``: the tracked photo (one frame), its camera and the matted
-        photo (uint8 H × W × 3 on white).
+        photo (uint8 H × W × 3 on white). ``executor``: how each step's groups run (:mod:`backend.executors`;
+        None: here, one after the other).
         """
         from ..cap4d.latents import decode_latents, encode_images
         from ..cap4d.maps import CROP_CHANNEL, REF_CHANNEL, CAP4DGeometry, conditioning_maps, posed_head, require_flame
@@ -253,14 +257,21 @@ class CAP4DGenerator:
                 f"budget {images}")
             if s.offload == "model":
                 comp.vae.to("cpu")
-            sampler = StochasticIOSampler(comp.unet, SamplerSettings(
-                steps=steps, seed=s.seed, groups_per_batch=s.groups_per_batch, cfg_batched=s.cfg_batched))
-            latents = sampler.sample(z_ref, ref_maps, target_maps, check=check,
-                                     progress=lambda d, t: progress(d, t + len(ring)), device=device).cpu()
             state_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(state_dir / "settings.json", fp)  # the step checkpoints belong to these settings
+            sampler_settings = SamplerSettings(steps=steps, seed=s.seed, groups_per_batch=s.groups_per_batch,
+                                               cfg_batched=s.cfg_batched)
+            sampler = StochasticIOSampler(comp.unet, sampler_settings)
+            groups = None
+            if getattr(executor, "name", "local") != "local":
+                groups = executor.cap4d_groups(self, sampler_settings, (z_ref, ref_maps, target_maps))
+            steps_ckpt = StepCheckpoint(state_dir / "steps.safetensors")
+            latents = sampler.sample(z_ref, ref_maps, target_maps, check=check,
+                                     progress=lambda d, t: progress(d, t + len(ring)), device=device, groups=groups,
+                                     step_checkpoint=steps_ckpt).cpu()
             with atomic_path(ckpt) as tmp:
                 save_file({"latents": latents.contiguous()}, str(tmp))
-            write_json_atomic(state_dir / "settings.json", fp)
+            steps_ckpt.remove()
         if s.offload == "model":
             comp.unet.to("cpu")
             comp.vae.to(device)
@@ -278,6 +289,30 @@ class CAP4DGenerator:
             progress(steps + v + 1, steps + len(ring))
         return {"images": len(target_maps), "frames": frames, "steps": steps, "resolution": res, "memory": est,
                 "time_s": round(time.time() - t0, 2)}
+
+
+class StepCheckpoint:
+    """The sampler's latents after its last finished step (``step`` in the file's metadata), written
+    atomically after every step: a cancelled or crashed run resumes at that step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> tuple[int, torch.Tensor] | None:
+        if not self.path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            step = int((f.metadata() or {}).get("step", 0))
+            return (step, f.get_tensor("x")) if step > 0 else None
+
+    def save(self, step: int, x: torch.Tensor) -> None:
+        with atomic_path(self.path) as tmp:
+            save_file({"x": x.detach().float().cpu().contiguous()}, str(tmp), metadata={"step": str(int(step))})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def paste_crop(crop: torch.Tensor, box: np.ndarray, width: int, height: int) -> np.ndarray:

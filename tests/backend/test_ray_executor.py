@@ -23,6 +23,7 @@ from backend.executors import make_executor  # noqa: E402
 from backend.generators.mmvdm import MMVDMGenerator, MMVDMSettings  # noqa: E402
 from backend.protocol import ExecutorSpec  # noqa: E402
 
+from .test_cap4d_step_resume import cap4d_setup, read_views, run_cap4d  # noqa: E402,F401
 from .test_mmvdm_generator import _frames, _read_views, components, flame, scene  # noqa: E402,F401
 
 #: an extension plan (w0-key, w0-c00, w1-key, w1-c00): w0-c00 and w1-key are independent
@@ -199,3 +200,13 @@ def test_fit_as_a_ray_unit_of_its_own_is_the_local_fit(cluster, tmp_path):
         ex.run_call(fit_avatar, (corpus, flame_, shape, s), {}, unit="fit", gpus=1, progress=None, check=None,
                     log=logs.append)
     assert e.value.code == "EXECUTOR_UNAVAILABLE"
+
+
+def test_cap4d_groups_on_ray_are_bitwise_the_local_ones(cluster, cap4d_setup, tmp_path):  # noqa: F811
+    """The tiny CAP4D plan (4 views x 3 frames: two groups per step) with every group a Ray task."""
+    run_cap4d(cap4d_setup, tmp_path / "local")
+    logs: list[str] = []
+    ex = _executor(tmp_path / "ray")
+    run_cap4d(cap4d_setup, tmp_path / "ray", executor=ex, logs=logs)
+    assert len(ex.last_pids) == 2 * 2 and os.getpid() not in ex.last_pids.values()  # 2 steps x 2 group tasks
+    assert read_views(tmp_path / "ray") == read_views(tmp_path / "local")
