@@ -51,6 +51,18 @@ def managed_env_dir() -> Path:
     return user_dir("backend-env")
 
 
+def executor_args() -> list[str]:
+    """``run`` options for the executor chosen in the preferences (Ray: ``--executor ray`` ...); none for
+    Local, so a job keeps the executor its job.json names (results never depend on it)."""
+    p = prefs()
+    if p is None or getattr(p, "executor", "LOCAL") != "RAY":
+        return []
+    args = ["--executor", "ray", "--gpus-per-unit", f"{float(p.gpus_per_unit):g}"]
+    if p.ray_address.strip():
+        args += ["--ray-address", p.ray_address.strip()]
+    return args
+
+
 def backend_env() -> dict[str, str]:
     """Settings the backend's tools read from the environment (``doctor``: FLAME file, weights).
 

@@ -141,6 +141,7 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
         try:
             write_job(job_dir, proto, image=image, spec=spec, animation=anim, flame_params=params)
             args = ["run", str(job_dir)] + (["--until", self.stop_after] if self.stop_after else [])
+            args += common.executor_args()
             process = _launch(args, job_dir, proto)
         except JobError as e:
             return _fail(self, context, e.code, e.message, e.hint)
@@ -219,7 +220,8 @@ class MVP4D_OT_resume_job(bpy.types.Operator):
     def execute(self, context):
         m = context.scene.mvp4d
         try:
-            process = BackendProcess(common.backend_python(), ["run", m.job_dir], workdir=m.job_dir,
+            process = BackendProcess(common.backend_python(), ["run", m.job_dir, *common.executor_args()],
+                                     workdir=m.job_dir,
                                      backend_root=backend_link.backend_root(), proto=backend_link.protocol(),
                                      env=common.backend_env(), hang_timeout_s=common.hang_timeout()).start()
         except JobError as e:

@@ -74,6 +74,14 @@ class MVP4D_AddonPreferences(bpy.types.AddonPreferences):
         ("LOW", "Low", "Offload weights to the CPU and tile the VAE (slow, ~8-12 GB)"),
         ("MEDIUM", "Medium", "Tile the VAE (~16-24 GB)"),
         ("HIGH", "High", "Everything on the GPU (fastest, 32 GB+)")], default="MEDIUM")
+    executor: EnumProperty(name="Executor", items=[
+        ("LOCAL", "Local", "Run the sampling plan in the backend process (one GPU)"),
+        ("RAY", "Ray", "Run the plan's independent units as Ray tasks on several GPUs or a cluster (needs ray)")],
+        default="LOCAL")
+    ray_address: StringProperty(name="Ray address", default="",
+                                description="Empty: start Ray on this machine; 'auto' or HOST:PORT: join a cluster")
+    gpus_per_unit: FloatProperty(name="GPUs per unit", default=1.0, min=0.0, soft_max=8.0,
+                                 description="GPUs each unit of work asks Ray for (0: CPU)")
     hang_timeout_s: IntProperty(name="Hang timeout (s)", default=600, min=10, soft_max=7200,
                                 description="Stop and report a backend that reports nothing for this long")
     install_progress: FloatProperty(subtype="PERCENTAGE", min=0, max=100)
@@ -118,6 +126,11 @@ class MVP4D_AddonPreferences(bpy.types.AddonPreferences):
         row.prop(self, "device")
         row.prop(self, "vram_preset")
         box.prop(self, "hang_timeout_s")
+        row = box.row()
+        row.prop(self, "executor")
+        if self.executor == "RAY":
+            row.prop(self, "ray_address")
+            row.prop(self, "gpus_per_unit")
         box = layout.box()
         box.label(text="3. Check", icon="CHECKMARK")
         row = box.row()
