@@ -151,7 +151,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
 DELEGATES: dict[str, dict[str, str]] = {
-    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench"},
+    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench",
+              "scaling": "backend.executors.scaling"},
     "plan": {"": "backend.mmvdm.plan"},
     "weights": {"build": "backend.mmvdm.weights_cli", "init": "backend.mmvdm.weights_cli",
                 "check": "backend.mmvdm.weights_cli",
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_options(p)  # given: replaces job.json's executor for this run
     p.set_defaults(func=cmd_run)
 
-    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON)",
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON), 'bench scaling' (GPUs)",
              "plan": "print the MMVDM sampling plan for a preset",
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights init --size tiny --out DIR' "
                         "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
