@@ -26,6 +26,7 @@ its inputs only from checkpoints, never from the order passes ran in.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,9 +144,9 @@ class RayExecutor:
         addr = self.spec.ray_address
         try:
             if addr:
-                ray.init(address=addr, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False)
+                ray.init(address=addr, log_to_driver=False, logging_level=logging.ERROR)
+            else:  # stdout carries the job's JSON events only: Ray's own messages stay quiet
+                ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
                 self._owns = True
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise MVP4DError("EXECUTOR_UNAVAILABLE", f"cannot start or reach the Ray cluster "

@@ -210,3 +210,34 @@ def test_cap4d_groups_on_ray_are_bitwise_the_local_ones(cluster, cap4d_setup, tm
     run_cap4d(cap4d_setup, tmp_path / "ray", executor=ex, logs=logs)
     assert len(ex.last_pids) == 2 * 2 and os.getpid() not in ex.last_pids.values()  # 2 steps x 2 group tasks
     assert read_views(tmp_path / "ray") == read_views(tmp_path / "local")
+
+
+def test_a_job_run_with_the_ray_executor_matches_the_local_run(cluster, tmp_path):
+    """The whole corpus stage through run_job: job.json's generator (tiny random MMVDM weights from
+    `weights init`), `run --executor ray` as an override for one run, events from the workers."""
+    import json
+    import shutil
+
+    from backend.events import EventSink
+    from backend.jobs import create_job, run_job
+    from backend.mmvdm.weights import init_random_mmvdm
+    from backend.protocol import CamerasSpec, GeneratorSpec, InputsSpec, JobSpec
+    from backend.tracking.image import default_reference_image, save_png_atomic
+
+    init_random_mmvdm(tmp_path / "weights", "tiny")
+    image = tmp_path / "astronaut.png"
+    save_png_atomic(image, default_reference_image())
+    spec = JobSpec(inputs=InputsSpec(reference_image=""), cameras=CamerasSpec(preset="tiny"),
+                   generator=GeneratorSpec(name="mmvdm", weights=str(tmp_path / "weights"), steps_key=3, steps_other=2))
+    create_job(tmp_path / "local", image, spec)
+    assert run_job(tmp_path / "local", until="track", sink=EventSink(None, stream=None)) == 0
+    shutil.copytree(tmp_path / "local", tmp_path / "ray", symlinks=True)
+    assert run_job(tmp_path / "local", until="corpus", sink=EventSink(None, stream=None)) == 0
+    sink = EventSink(tmp_path / "ray" / "events.jsonl", stream=None)
+    assert run_job(tmp_path / "ray", until="corpus", sink=sink, executor=ExecutorSpec(name="ray")) == 0
+    views = lambda job: {p.relative_to(job).as_posix(): p.read_bytes()  # noqa: E731
+                         for p in sorted((job / "stages" / "corpus" / "views").rglob("*.png"))}
+    assert views(tmp_path / "ray") == views(tmp_path / "local") and len(views(tmp_path / "local")) == 6 * 5
+    events = [json.loads(line) for line in (tmp_path / "ray" / "events.jsonl").read_text().splitlines()]
+    assert any("pass w0-c00" in (e.get("message") or "") for e in events)  # a worker's log line, via the driver
+    assert JobSpec.load(tmp_path / "ray").executor == ExecutorSpec()  # the override was for that run only
