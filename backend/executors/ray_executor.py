@@ -256,8 +256,8 @@ class RayExecutor:
                     if output:
                         runner.finish_views(tag, plan[index[unit]].views, factor)
                 steps, self.last_pids = ray.get(board.snapshot.remote())
-                now = base + sum(steps.values())
-                if now != shown:
+                now = base + sum(steps.values())  # a retried unit restarts at 0: progress never goes back
+                if now > shown:
                     runner._set_done(now)
                     shown = now
             if error is not None:

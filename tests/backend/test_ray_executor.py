@@ -152,6 +152,7 @@ def test_cancel_stops_every_worker_within_5_s(cluster, components, flame, scene,
         time.sleep(0.05)
     assert "w0-key" in ex.last_pids
     time.sleep(0.5)
+    assert _busy_workers(), "a worker runs the key pass (Ray titles it ray::mmvdm_unit_task)"
     t0 = time.time()
     (tmp_path / "cancel").write_text("")
     t.join(30)
