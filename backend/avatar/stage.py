@@ -90,7 +90,8 @@ def _fit(ctx: StageContext, corpus_dir, flame, shape: torch.Tensor, settings: Fi
 
         runner = make_executor(ex, cancel_file=ctx.job_dir / "cancel")
         try:  # the task's own GPU: its device is "auto" (Ray sets which GPUs the worker sees)
-            return runner.run_call(fit_avatar, (corpus_dir, flame, shape, settings), {"checkpoint_dir": ctx.stage_dir},
+            return runner.run_call(fit_avatar, (corpus_dir, flame, shape, settings.replace(device="auto")),
+                                   {"checkpoint_dir": ctx.stage_dir},
                                    unit="fit", gpus=ex.fit_gpus, progress=ctx.progress, check=ctx.cancel.check, log=log)
         finally:
             runner.close()

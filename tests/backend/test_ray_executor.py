@@ -168,6 +168,8 @@ def test_fit_as_a_ray_unit_of_its_own_is_the_local_fit(cluster, tmp_path):
     """The fit stage's unit (backend/avatar/stage.py `_fit` with executor.fit_gpus) through run_call on a
     worker gives the local fit bit for bit, its progress reaching the driver; a GPU ask the cluster
     cannot meet is refused at once instead of waiting forever."""
+    import json
+
     from backend.avatar.fit import fit_avatar
     from backend.avatar.settings import preset_settings
     from backend.flame import Flame, load_flame
@@ -180,7 +182,8 @@ def test_fit_as_a_ray_unit_of_its_own_is_the_local_fit(cluster, tmp_path):
     image = tmp_path / "astronaut.png"
     save_png_atomic(image, default_reference_image())
     job = tmp_path / "job"
-    create_job(job, image, JobSpec(inputs=InputsSpec(reference_image=""), cameras=CamerasSpec(preset="tiny")))
+    create_job(job, image, JobSpec(inputs=InputsSpec(reference_image=""), cameras=CamerasSpec(preset="tiny"),
+                                   fit={"iterations": 6, "use_sfm": False}))
     assert run_job(job, until="corpus", sink=EventSink(job / "events.jsonl", stream=None)) == 0
     flame_ = Flame(load_flame("toy"))
     shape = load_track(job / "stages" / "track", flame_source=flame_).params.shape
@@ -201,6 +204,12 @@ def test_fit_as_a_ray_unit_of_its_own_is_the_local_fit(cluster, tmp_path):
         ex.run_call(fit_avatar, (corpus, flame_, shape, s), {}, unit="fit", gpus=1, progress=None, check=None,
                     log=logs.append)
     assert e.value.code == "EXECUTOR_UNAVAILABLE"
+    # the fit stage: a GPU the cluster lacks is a typed error event; --fit-device runs it here on that device
+    events = job / "events.jsonl"
+    sink = EventSink(events, stream=None)
+    assert run_job(job, until="fit", sink=sink, executor=ExecutorSpec(name="ray", fit_gpus=1)) == 1
+    assert json.loads(events.read_text().splitlines()[-1])["code"] == "EXECUTOR_UNAVAILABLE"
+    assert run_job(job, until="fit", sink=sink, executor=ExecutorSpec(fit_device="cpu")) == 0
 
 
 def test_cap4d_groups_on_ray_are_bitwise_the_local_ones(cluster, cap4d_setup, tmp_path):  # noqa: F811
