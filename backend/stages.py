@@ -31,7 +31,7 @@ from .flame.io import load_flame
 from .flame.lbs import Flame, FlameParams
 from .fsutil import atomic_dir, atomic_path, write_json_atomic
 from .generators import build_generator
-from .jobs import Stage, StageContext, stage_dir
+from .stage_context import Stage, StageContext, stage_dir
 from .jobpaths import confine
 from .preview import contact_sheet
 from .protocol import JobSpec

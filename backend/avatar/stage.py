@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..jobs import StageContext, stage_dir
+from ..stage_context import StageContext, stage_dir
 from ..protocol import CameraSpec
 from .fit import FitResult, fit_avatar
 from .settings import FitSettings

@@ -51,6 +51,9 @@ def finisher_for(kind: str, scene):
     return finish_fit if kind == "fit" else finish_generate
 
 
+runtime.register_finishers(finisher_for)
+
+
 def apply_fit(context, rig, track_dir: Path) -> str:
     """Set the rig's identity, expression and pose from a track folder, and the reference camera."""
     if not rigmod.is_rig(rig):
