@@ -60,7 +60,9 @@ from ..flame import Flame, FlameParams
 from ..fsutil import remove_inside, write_json_atomic
 from ..jobpaths import confine
 from ..mmvdm.plan import Pass, build_plan, check_plan, describe_plan
-from ..mmvdm.sampler import GUIDANCE_MODES, SAMPLERS, make_scheduler
+from ..mmvdm.guidance import GUIDANCE_MODES
+from ..mmvdm.sampler import SAMPLERS
+from ..mmvdm.schedule import make_scheduler
 from .mmvdm_passes import PassRunner, pass_seed
 
 __all__ = ["MMVDMSettings", "MMVDMGenerator", "pass_seed", "DTYPES", "OFFLOAD_MODES", "CFG_PASSES", "VRAM_PRESETS"]

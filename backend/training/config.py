@@ -157,7 +157,7 @@ def build_model(cfg: TrainConfig, log: Callable[[str], None] = lambda m: None):
     from diffusers import AutoencoderKLCogVideoX
 
     from ..mmvdm.configs import tiny_vae_config
-    from ..mmvdm.sampler import SCHEDULER_CONFIG
+    from ..mmvdm.schedule import SCHEDULER_CONFIG
     from ..mmvdm.transformer import MMVDMTransformer
     from ..mmvdm.weights import build_mmvdm_from_cogvideox, check_weights, load_mmvdm
 

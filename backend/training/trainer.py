@@ -127,7 +127,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, log: Callable[[str], None] | None = None):
         from accelerate import Accelerator
 
-        from ..mmvdm.sampler import make_scheduler
+        from ..mmvdm.schedule import make_scheduler
         from ..mmvdm.vae import MMVDMVae
 
         self.cfg = config

@@ -101,7 +101,7 @@ def test_init_from_cogvideox_folder(tmp_path, data_dir):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
     from backend.mmvdm.configs import tiny_config, tiny_vae_config
-    from backend.mmvdm.sampler import SCHEDULER_CONFIG
+    from backend.mmvdm.schedule import SCHEDULER_CONFIG
 
     src = tmp_path / "cogvideox"
     torch.manual_seed(0)
