@@ -35,8 +35,8 @@ def splats_at_frame(scene, obj, frame: int) -> dict[str, np.ndarray]:
             scene.frame_set(cur)
     rig = obj.get("mvp4d_rig")
     inv = np.linalg.inv(camops.rig_frame(rig))
-    to_flame = rigmod.F3.T @ inv[:3, :3]
-    s["position"] = s["position"] @ to_flame.T + rigmod.F3.T @ inv[:3, 3]
+    to_flame = rigmod.FLAME_TO_BLENDER_ROTATION.T @ inv[:3, :3]
+    s["position"] = s["position"] @ to_flame.T + rigmod.FLAME_TO_BLENDER_ROTATION.T @ inv[:3, 3]
     s["rotation"] = quat_multiply(np.broadcast_to(matrix_to_quat(to_flame), s["rotation"].shape), s["rotation"])
     return s
 
