@@ -44,7 +44,7 @@ def stage_done(job_dir: Path, name: str) -> bool:
 
 def _default_stages() -> list[Stage]:
     # Imported lazily so `import backend.jobs` stays light (the add-on never imports it, but tools do).
-    from .stages import STAGES
+    from .job_stages import STAGES
 
     return list(STAGES)
 

@@ -1,7 +1,7 @@
 """What a job stage is: its name, its ``run(ctx)`` and the :class:`StageContext` it gets.
 
-Apart from :mod:`backend.jobs` (the runner) so that the stages (``backend/stages.py``,
-``backend/avatar/stage.py``) and the runner import it without importing each other.
+Apart from :mod:`backend.jobs` (the runner) so that the stages (``backend/job_stages.py``,
+``backend/avatar/fit_export_stages.py``) and the runner import it without importing each other.
 """
 
 from __future__ import annotations

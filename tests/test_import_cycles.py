@@ -112,7 +112,7 @@ def test_relative_imports_resolve():
     assert _resolve("backend.training.trainer", False, 1, "stream") == "backend.training.stream"
     assert _resolve("backend.training", True, 1, "stream") == "backend.training.stream"
     assert _resolve("backend.training.trainer", False, 2, "errors") == "backend.errors"
-    assert _resolve("backend.avatar.stage", False, 2, None) == "backend"
+    assert _resolve("backend.avatar.fit_export_stages", False, 2, None) == "backend"
 
 
 def test_the_graph_sees_function_level_imports():

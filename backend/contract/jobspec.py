@@ -23,7 +23,7 @@ from .validation import (MAX_CAMERAS, MAX_FRAMES, MAX_IMAGE_SIDE, MAX_JOB_JSON_B
 SCHEMA_VERSION = 1
 
 
-#: The job's stages in order (backend/stages.py implements them; ``run --until`` takes one of these).
+#: The job's stages in order (backend/job_stages.py implements them; ``run --until`` takes one of these).
 JOB_STAGES = ("track", "corpus", "fit", "export")
 
 

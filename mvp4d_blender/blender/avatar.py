@@ -15,7 +15,7 @@ import numpy as np
 
 from ..io.binding import local_to_world, matrix_to_quat, quat_multiply, quat_normalize, smallest_axis_last
 from ..io.bundle import animation, read_bundle
-from ..io.cameras import FLAME_TO_BLENDER
+from ..io.camera_math import FLAME_TO_BLENDER
 from .compat import set_modifier_input
 from . import models, nodes, render, rig as rigmod, rig_params
 from .splat_mesh import _read, sh_dc_colour, srgb_to_linear

@@ -16,7 +16,7 @@ import numpy as np
 from ..io.binding import matrix_to_quat, quat_multiply, quat_to_matrix
 from ..io.gltf import RigExport, SplatExport, write_avatar_glb
 from ..io.ply import Splats, write_splat_ply
-from . import avatar as avatarmod, cameras as camops, models, rig as rigmod, rig_params
+from . import avatar as avatarmod, camera_objects as camops, models, rig as rigmod, rig_params
 
 FORMATS = [("PLY", "3DGS PLY (frame)", "Gaussians of one frame as an INRIA 3DGS .ply"),
            ("PLY_SEQUENCE", "PLY per frame", "One 3DGS .ply per frame of the scene range, in a folder"),

@@ -22,8 +22,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..io.cameras import camera_from_spec
-from . import cameras as camops, splat_mesh
+from ..io.camera_math import camera_from_spec
+from . import camera_objects as camops, splat_mesh
 
 #: layered quads a ray may pass through: every quad crossed counts, even where its Gaussian is faint
 #: (measured: 32 -> 26.6 dB, 64 -> 31.8 dB, 128 -> 31.9 dB, 256 -> 31.9 dB, Standard colours)

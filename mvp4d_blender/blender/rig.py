@@ -30,7 +30,7 @@ import json
 import bpy
 import numpy as np
 
-from ..io.cameras import FLAME_TO_BLENDER
+from ..io.camera_math import FLAME_TO_BLENDER
 from ..io.flame import FlameArrays
 
 FLAME_TO_BLENDER_ROTATION = FLAME_TO_BLENDER[:3, :3]

@@ -157,7 +157,7 @@ def test_camera_that_sees_nothing_is_bad_input(tiny_job, flame, tmp_path):
 
 def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame):
     from backend.avatar.bundle import read_bundle
-    from backend.avatar.stage import run_export, run_fit
+    from backend.avatar.fit_export_stages import run_export, run_fit
 
     job = tiny_job.parent / "job_stages"
     shutil.copytree(tiny_job, job)
@@ -187,7 +187,7 @@ def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame):
 
 def test_bundle_renders_like_the_fit(tiny_job, flame):
     from backend.avatar.losses import psnr
-    from backend.avatar.stage import bundle_from_result, render_bundle
+    from backend.avatar.fit_export_stages import bundle_from_result, render_bundle
 
     res = fit_avatar(tiny_job / "stages" / "corpus", flame, _shape(tiny_job, flame), _quick(iterations=30))
     assert float(res.detail_offsets.abs().max()) > 0  # the U-Net moved something

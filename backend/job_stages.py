@@ -1,4 +1,5 @@
-"""The job's stages: ``track`` (reference photo → FLAME + camera) and ``corpus`` (multi-view videos).
+"""The job's stages in order (:data:`STAGES`): ``track`` (reference photo → FLAME + camera) and ``corpus``
+(multi-view videos) here, ``fit`` and ``export`` in :mod:`backend.avatar.fit_export_stages`.
 
 Each stage reads the spec and the previous stages' folders, writes its own ``stages/<name>/`` and
 returns its outputs; :mod:`backend.jobs` runs them, skips finished ones and reports events.
@@ -229,7 +230,7 @@ def _manifest(spec: JobSpec, ring: CameraRing, num_frames: int) -> dict[str, Any
 
 
 def _fit_stages() -> list[Stage]:
-    from .avatar.stage import run_export, run_fit
+    from .avatar.fit_export_stages import run_export, run_fit
 
     return [Stage("fit", run_fit), Stage("export", run_export)]
 
