@@ -7,8 +7,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ERROR_CODES, MVP4DError
-from .validation import _fail, _int, _known, _obj, _str, parse_json
+from ..errors import ERROR_CODES, SPEC_FIELD_HINT, MVP4DError, bad_input
+from .validation import _int, _known, _obj, _str, parse_json
 
 
 EVENT_TYPES = ("stage", "progress", "preview", "log", "warning", "error", "done")
@@ -47,7 +47,7 @@ class Event:
         etype = _str(d.get("type"), "event.type", EVENT_TYPES)
         for k in _REQUIRED[etype]:
             if d.get(k) is None:
-                raise _fail(f"event({etype}).{k}", "is missing")
+                raise bad_input("is missing", SPEC_FIELD_HINT, where=f"event({etype}).{k}")
         if etype == "stage":
             _str(d["status"], "event(stage).status", STAGE_STATUSES)
         if etype == "error":

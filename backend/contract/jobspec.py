@@ -11,11 +11,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import MVP4DError
+from ..errors import SPEC_FIELD_HINT, MVP4DError, bad_input
 from ..jobpaths import check_name, confine, name_key
 from .presets import (CAP4D_QUALITY, CFG_PASSES, CORPUS_FORMATS, DEFAULT_FPS, DTYPES, GENERATORS, GUIDANCE_MODES,
                       OFFLOAD_MODES, PRESETS, SAMPLERS, VRAM_PRESETS, QualityPreset)
-from .validation import (MAX_CAMERAS, MAX_FRAMES, MAX_IMAGE_SIDE, MAX_JOB_JSON_BYTES, MAX_SEED, MAX_STEPS, _fail,
+from .validation import (MAX_CAMERAS, MAX_FRAMES, MAX_IMAGE_SIDE, MAX_JOB_JSON_BYTES, MAX_SEED, MAX_STEPS,
                          _int, _invertible3, _known, _num, _obj, _rel_path, _str, check_device, parse_json,
                          read_bounded, resolve_job_path)
 
@@ -52,18 +52,19 @@ class CameraSpec:
         _known(d, cls, where)
         for k in ("name", "width", "height", "fx", "fy", "cx", "cy", "world_to_cam"):
             if k not in d:
-                raise _fail(f"{where}.{k}", "is missing")
+                raise bad_input("is missing", SPEC_FIELD_HINT, where=f"{where}.{k}")
         m = d["world_to_cam"]
         if not (isinstance(m, list) and len(m) == 4 and all(isinstance(r, list) and len(r) == 4 for r in m)):
-            raise _fail(f"{where}.world_to_cam", "must be a 4x4 list of lists")
+            raise bad_input("must be a 4x4 list of lists", SPEC_FIELD_HINT, where=f"{where}.world_to_cam")
         rows = [[_num(x, f"{where}.world_to_cam[{i}][{j}]") for j, x in enumerate(r)] for i, r in enumerate(m)]
         if rows[3] != [0.0, 0.0, 0.0, 1.0]:
-            raise _fail(f"{where}.world_to_cam", "last row must be [0, 0, 0, 1]")
+            raise bad_input("last row must be [0, 0, 0, 1]", SPEC_FIELD_HINT, where=f"{where}.world_to_cam")
         if not _invertible3(rows):
-            raise _fail(f"{where}.world_to_cam", "is singular (its 3x3 part cannot be inverted)")
+            raise bad_input("is singular (its 3x3 part cannot be inverted)", SPEC_FIELD_HINT,
+                            where=f"{where}.world_to_cam")
         key = d.get("key", False)
         if not isinstance(key, bool):
-            raise _fail(f"{where}.key", "must be true or false")
+            raise bad_input("must be true or false", SPEC_FIELD_HINT, where=f"{where}.key")
         return cls(
             name=check_name(d["name"], f"{where}.name"),  # it names the view's folder
             width=_int(d["width"], f"{where}.width", minimum=8, maximum=MAX_IMAGE_SIDE),
@@ -89,14 +90,16 @@ class InputsSpec:
         d = _obj(d, where)
         _known(d, cls, where)
         if "reference_image" not in d:
-            raise _fail(f"{where}.reference_image", "is missing")
+            raise bad_input("is missing", SPEC_FIELD_HINT, where=f"{where}.reference_image")
         fm = _str(d.get("flame_model", "toy"), f"{where}.flame_model")
         if fm != "toy" and not os.path.isabs(fm):
-            raise _fail(f"{where}.flame_model", "must be 'toy' or an absolute path to a FLAME .pkl/.npz")
+            raise bad_input("must be 'toy' or an absolute path to a FLAME .pkl/.npz", SPEC_FIELD_HINT,
+                            where=f"{where}.flame_model")
         fp = d.get("flame_params")
         cam = d.get("reference_camera")
         if (fp is None) != (cam is None):
-            raise _fail(f"{where}.reference_camera", "and flame_params must be given together (or neither)")
+            raise bad_input("and flame_params must be given together (or neither)", SPEC_FIELD_HINT,
+                            where=f"{where}.reference_camera")
         return cls(
             reference_image=_rel_path(d["reference_image"], f"{where}.reference_image"),
             flame_model=fm,
@@ -122,7 +125,8 @@ class AnimationSpec:
         if nf is not None:
             nf = _int(nf, f"{where}.num_frames", minimum=1, maximum=MAX_FRAMES)
             if (nf - 1) % 4 != 0:
-                raise _fail(f"{where}.num_frames", f"must be 1 + 4k (e.g. 49 or 89), got {nf}")
+                raise bad_input(f"must be 1 + 4k (e.g. 49 or 89), got {nf}", SPEC_FIELD_HINT,
+                                where=f"{where}.num_frames")
         return cls(source=src, num_frames=nf, fps=_num(d.get("fps", DEFAULT_FPS), f"{where}.fps", positive=True,
                                                                  maximum=1000.0))
 
@@ -142,22 +146,25 @@ class CamerasSpec:
         if res is not None:
             res = _int(res, f"{where}.resolution", minimum=16, maximum=MAX_IMAGE_SIDE)
             if res % 16:
-                raise _fail(f"{where}.resolution", f"must be a multiple of 16, got {res}")
+                raise bad_input(f"must be a multiple of 16, got {res}", SPEC_FIELD_HINT, where=f"{where}.resolution")
         cams = d.get("cameras")
         if cams is not None:
             if not isinstance(cams, list):
-                raise _fail(f"{where}.cameras", "must be a list")
+                raise bad_input("must be a list", SPEC_FIELD_HINT, where=f"{where}.cameras")
             if not cams:
-                raise _fail(f"{where}.cameras", "is empty: the camera ring needs at least one camera")
+                raise bad_input("is empty: the camera ring needs at least one camera", SPEC_FIELD_HINT,
+                                where=f"{where}.cameras")
             if len(cams) > MAX_CAMERAS:
-                raise _fail(f"{where}.cameras", f"has {len(cams)} cameras; at most {MAX_CAMERAS} are supported")
+                raise bad_input(f"has {len(cams)} cameras; at most {MAX_CAMERAS} are supported", SPEC_FIELD_HINT,
+                                where=f"{where}.cameras")
             cams = [CameraSpec.from_json(c, f"{where}.cameras[{i}]") for i, c in enumerate(cams)]
             seen: dict[str, int] = {}
             for i, c in enumerate(cams):  # "Cam" and "cam" are one folder on macOS and Windows
                 j = seen.setdefault(name_key(c.name), i)
                 if j != i:
-                    raise _fail(f"{where}.cameras[{i}].name", f"{c.name!r} names the same folder as "
-                                f"cameras[{j}].name {cams[j].name!r} (two cameras need two names)")
+                    raise bad_input(f"{c.name!r} names the same folder as "
+                                f"cameras[{j}].name {cams[j].name!r} (two cameras need two names)", SPEC_FIELD_HINT,
+                                where=f"{where}.cameras[{i}].name")
         return cls(preset=preset, resolution=res, cameras=cams)
 
 
@@ -188,7 +195,7 @@ class GeneratorSpec:
         _known(d, cls, where)
         w = d.get("weights")
         if w is not None and not os.path.isabs(_str(w, f"{where}.weights")):
-            raise _fail(f"{where}.weights", "must be an absolute path to the weights folder")
+            raise bad_input("must be an absolute path to the weights folder", SPEC_FIELD_HINT, where=f"{where}.weights")
 
         def opt(key: str, choices: tuple[str, ...]) -> str | None:
             v = d.get(key)
@@ -196,10 +203,10 @@ class GeneratorSpec:
 
         tiling = d.get("vae_tiling")
         if tiling is not None and not isinstance(tiling, bool):
-            raise _fail(f"{where}.vae_tiling", "must be true, false or null")
+            raise bad_input("must be true, false or null", SPEC_FIELD_HINT, where=f"{where}.vae_tiling")
         refine = _num(d.get("refine_strength", 0.6), f"{where}.refine_strength", minimum=0.0)
         if refine > 1.0:
-            raise _fail(f"{where}.refine_strength", "must be <= 1")
+            raise bad_input("must be <= 1", SPEC_FIELD_HINT, where=f"{where}.refine_strength")
         ps = d.get("preview_steps")
         dev = d.get("device")
         if dev is not None:
@@ -272,12 +279,12 @@ class JobSpec:
         _known(d, cls, "job.json")
         v = d.get("schema_version")
         if isinstance(v, bool) or not isinstance(v, int) or v != SCHEMA_VERSION:
-            raise _fail("job.json: schema_version", f"must be {SCHEMA_VERSION} (got {v!r})")
+            raise bad_input(f"must be {SCHEMA_VERSION} (got {v!r})", SPEC_FIELD_HINT, where="job.json: schema_version")
         if "inputs" not in d:
-            raise _fail("job.json: inputs", "is missing")
+            raise bad_input("is missing", SPEC_FIELD_HINT, where="job.json: inputs")
         fit = d.get("fit", {})
         if not isinstance(fit, dict):
-            raise _fail("job.json: fit", "must be a JSON object")
+            raise bad_input("must be a JSON object", SPEC_FIELD_HINT, where="job.json: fit")
         return cls(
             inputs=InputsSpec.from_json(d["inputs"], "job.json: inputs"),
             animation=AnimationSpec.from_json(d.get("animation", {}), "job.json: animation"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import MVP4DError, bad_input
+from ..errors import SPEC_FIELD_HINT, MVP4DError, bad_input
 from ..jobpaths import confine, split_rel
 
 
@@ -36,13 +36,9 @@ MAX_JOB_JSON_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 
 
-def _fail(where: str, what: str) -> MVP4DError:
-    return bad_input(f"{where} {what}", "Fix that field of the job spec (job.json) and run again.")
-
-
 def _obj(d: Any, where: str) -> dict:
     if not isinstance(d, dict):
-        raise _fail(where, "must be a JSON object")
+        raise bad_input("must be a JSON object", SPEC_FIELD_HINT, where=where)
     return d
 
 
@@ -50,35 +46,35 @@ def _known(d: dict, cls: type, where: str) -> None:
     names = {f.name for f in fields(cls)}
     extra = sorted(set(d) - names)
     if extra:
-        raise _fail(f"{where}.{extra[0]}", "is not a known field")
+        raise bad_input("is not a known field", SPEC_FIELD_HINT, where=f"{where}.{extra[0]}")
 
 
 def _num(v: Any, where: str, *, positive: bool = False, minimum: float | None = None,
          maximum: float | None = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _fail(where, f"must be a finite number (got {_show(v)})")
+        raise bad_input(f"must be a finite number (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     try:
         x = float(v)
     except OverflowError:  # an integer too large for a float
-        raise _fail(where, "must be a finite number (got an integer too large)") from None
+        raise bad_input("must be a finite number (got an integer too large)", SPEC_FIELD_HINT, where=where) from None
     if not math.isfinite(x):
-        raise _fail(where, f"must be a finite number (got {_show(v)})")
+        raise bad_input(f"must be a finite number (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if positive and x <= 0:
-        raise _fail(where, f"must be a positive number (got {_show(v)})")
+        raise bad_input(f"must be a positive number (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if minimum is not None and x < minimum:
-        raise _fail(where, f"must be >= {minimum} (got {_show(v)})")
+        raise bad_input(f"must be >= {minimum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if maximum is not None and x > maximum:
-        raise _fail(where, f"must be <= {maximum} (got {_show(v)})")
+        raise bad_input(f"must be <= {maximum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     return x
 
 
 def _int(v: Any, where: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _fail(where, f"must be an integer (got {_show(v)})")
+        raise bad_input(f"must be an integer (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if minimum is not None and v < minimum:
-        raise _fail(where, f"must be >= {minimum} (got {_show(v)})")
+        raise bad_input(f"must be >= {minimum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if maximum is not None and v > maximum:
-        raise _fail(where, f"must be <= {maximum} (got {_show(v)})")
+        raise bad_input(f"must be <= {maximum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     return v
 
 
@@ -90,11 +86,12 @@ def _show(v: Any) -> str:
 
 def _str(v: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
     if not isinstance(v, str) or not v:
-        raise _fail(where, f"must be a non-empty string (got {_show(v)})")
+        raise bad_input(f"must be a non-empty string (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if any(ord(c) < 32 or ord(c) == 127 for c in v) or len(v) > 4096:
-        raise _fail(where, "may not hold control characters (NUL, newline ...) or more than 4096 characters")
+        raise bad_input("may not hold control characters (NUL, newline ...) or more than 4096 characters",
+                        SPEC_FIELD_HINT, where=where)
     if choices is not None and v not in choices:
-        raise _fail(where, f"must be one of {', '.join(choices)} (got {_show(v)})")
+        raise bad_input(f"must be one of {', '.join(choices)} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     return v
 
 
@@ -119,7 +116,7 @@ class Rule:
             return None
         if self.kind is bool:
             if not isinstance(v, bool):
-                raise _fail(where, f"must be true or false (got {_show(v)})")
+                raise bad_input(f"must be true or false (got {_show(v)})", SPEC_FIELD_HINT, where=where)
             return v
         if self.kind is str:
             return _str(v, where, self.choices)
@@ -130,7 +127,8 @@ class Rule:
         else:
             v = _num(v, where, maximum=self.hi)
         if self.lo is not None and (v <= self.lo if self.open_lo else v < self.lo):
-            raise _fail(where, f"must be {'>' if self.open_lo else '>='} {self.lo} (got {_show(v)})")
+            raise bad_input(f"must be {'>' if self.open_lo else '>='} {self.lo} (got {_show(v)})", SPEC_FIELD_HINT,
+                            where=where)
         return v
 
 
@@ -167,7 +165,8 @@ def check_device(dev: Any, where: str, *, allow_auto: bool) -> str:
     kind, _, index = dev.partition(":")
     ok = (kind in ("cpu", "cuda", "mps") and not index) or (kind == "cuda" and index.isdigit() and len(index) < 4)
     if not ok and not (allow_auto and dev == "auto"):
-        raise _fail(where, f"must be {'auto, ' if allow_auto else ''}cpu, cuda, cuda:N or mps (got {_show(dev)})")
+        raise bad_input(f"must be {'auto, ' if allow_auto else ''}cpu, cuda, cuda:N or mps (got {_show(dev)})",
+                        SPEC_FIELD_HINT, where=where)
     return dev
 
 
