@@ -26,9 +26,11 @@ from .contract.jobspec import (ADDON_RUN_FILE, JOB_STAGES, SCHEMA_VERSION, Anima
 from .contract.event_schema import EVENT_TYPES, STAGE_STATUSES, Event, error_event
 from .contract.file_formats import (ANIMATION_KEYS, BUNDLE_METADATA_KEYS, BUNDLE_OPTIONAL, BUNDLE_SCHEMA_VERSION,
                                     BUNDLE_TENSORS, FLAME_PARAM_KEYS)
-from .jobpaths import safe_name  # the add-on names camera objects with it
+from .errors import ERROR_CODES, MVP4DError, bad_input
+from .jobpaths import check_name, confine, name_key, safe_name, split_rel  # the add-on names camera objects with these
 
 __all__ = [
+    "ERROR_CODES", "MVP4DError", "bad_input", "check_name", "confine", "name_key", "split_rel",
     "ADDON_RUN_FILE", "ANIMATION_KEYS", "AnimationSpec", "BUILTIN_ANIMATIONS", "BUNDLE_METADATA_KEYS",
     "BUNDLE_OPTIONAL", "BUNDLE_SCHEMA_VERSION", "BUNDLE_TENSORS", "CAP4D_LICENCE", "CAP4D_QUALITY",
     "CAP4D_QUALITY_FOR_PRESET", "CFG_PASSES", "CORPUS_FORMATS", "CROP_SCALE", "CameraSpec", "CamerasSpec",
