@@ -12,8 +12,6 @@ from .validation import _int, _known, _obj, _str, parse_json
 
 
 EVENT_TYPES = ("stage", "progress", "preview", "log", "warning", "error", "done")
-
-
 STAGE_STATUSES = ("start", "end", "skip")
 
 

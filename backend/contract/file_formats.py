@@ -16,7 +16,6 @@ ANIMATION_KEYS: dict[str, str] = {
     "transl": "(T, 3) head translation relative to the reference pose, metres",
 }
 
-
 #: Keys of a FLAME parameter file (tracking output, or the add-on's posed rig): one frame.
 FLAME_PARAM_KEYS: dict[str, str] = {
     "shape": "(S,) identity coefficients",
@@ -30,7 +29,6 @@ FLAME_PARAM_KEYS: dict[str, str] = {
 
 
 BUNDLE_SCHEMA_VERSION = 1
-
 
 BUNDLE_TENSORS: dict[str, str] = {
     "gaussians.parent_face": "(N,) int32 index of the parent triangle",
@@ -50,9 +48,5 @@ BUNDLE_TENSORS: dict[str, str] = {
     "animation.vertices": "(T, V, 3) float16 posed vertices per frame",
     "animation.detail_offsets": "(T, N, 3) float16 optional per-frame fine-detail offsets (local units)",
 }
-
-
 BUNDLE_OPTIONAL = ("animation.detail_offsets",)
-
-
 BUNDLE_METADATA_KEYS = ("schema_version", "fps", "num_frames", "flame_model_id", "camera_ring", "generator", "settings")

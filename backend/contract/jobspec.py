@@ -26,7 +26,6 @@ SCHEMA_VERSION = 1
 #: The job's stages in order (backend/job_stages.py implements them; ``run --until`` takes one of these).
 JOB_STAGES = ("track", "corpus", "fit", "export")
 
-
 #: What the add-on writes into a folder before it starts the backend there (the run's pid and where its
 #: events start): the backend's own output checks accept it as part of the run, not as a user's file.
 ADDON_RUN_FILE = "blender_backend.json"

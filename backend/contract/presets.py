@@ -32,7 +32,6 @@ PRESETS: dict[str, QualityPreset] = {
     )
 }
 
-
 #: Preset rings are framed like the paper's face crop (S2.1): the head spans 1 / CROP_SCALE of the image.
 CROP_SCALE = 1.25
 
@@ -61,47 +60,24 @@ RING_LAYOUTS: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float
     ),
 }
 
-
 GENERATORS = ("projection", "mmvdm", "cap4d")
-
-
 #: CAP4D image-budget presets (``generator.quality``): (generated images, DDIM steps, generation resolution);
 #: upstream's low/medium/high (210 × 50, 420 × 50, 840 × 100 at 512 px) and a CPU smoke test.
 CAP4D_QUALITY: dict[str, tuple[int, int, int]] = {
     "tiny": (12, 2, 64), "low": (210, 50, 512), "medium": (420, 50, 512), "high": (840, 100, 512),
 }
-
-
 #: ``generator.quality`` when unset: from the camera preset
 CAP4D_QUALITY_FOR_PRESET = {"tiny": "tiny", "preview": "low", "120": "medium", "360": "high"}
-
-
 CAP4D_LICENCE = ("CAP4D's MMDM weights are CC BY-NC 4.0 and derived from Stable Diffusion 2.1 "
                  "(CreativeML OpenRAIL++-M use restrictions apply): not for commercial use.")
 
 
 GUIDANCE_MODES = ("multiview", "conventional", "none")
-
-
 SAMPLERS = ("joint", "composed", "preview")  # joint pass (paper), Diffusion²-style composed, 4DVD-style preview
-
-
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-
-
 VRAM_PRESETS = ("high", "medium", "low", "lowest")
-
-
 OFFLOAD_MODES = ("none", "model", "sequential")
-
-
 CFG_PASSES = ("sequential", "batched")
-
-
 CORPUS_FORMATS = ("png",)
-
-
 DEFAULT_FPS = 24.0
-
-
 BUILTIN_ANIMATIONS = ("default", "neutral")  # animation.source "builtin:<name>" (backend/animation.py)

@@ -16,23 +16,11 @@ from ..jobpaths import confine, split_rel
 
 #: Bounds of the job spec: beyond these a value is a mistake, not a setting (docs/reliability.md, section 4).
 MAX_IMAGE_SIDE = 8192
-
-
 MAX_FRAMES = 100_000
-
-
 MAX_CAMERAS = 1024
-
-
 MAX_STEPS = 1000  # DDIM steps: the schedule has 1000 training timesteps
-
-
 MAX_SEED = 2**32 - 1
-
-
 MAX_JOB_JSON_BYTES = 16 * 1024 * 1024
-
-
 MAX_JSON_DEPTH = 64
 
 

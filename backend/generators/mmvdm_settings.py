@@ -14,14 +14,8 @@ from ..mmvdm.sampler import SAMPLERS
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 OFFLOAD_MODES = ("none", "model", "sequential")
-
-
 CFG_PASSES = ("sequential", "batched")
-
-
 #: memory presets (``generator.vram``): defaults for the memory-only switches; results do not change
 VRAM_PRESETS: dict[str, dict[str, Any]] = {
     "high": dict(cfg_passes="batched", vae_tiling=False, offload="none"),  # >= 40 GB: fastest

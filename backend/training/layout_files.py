@@ -17,17 +17,9 @@ from ..errors import MVP4DError
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 _FRAME_RE = re.compile(r"^(\d{4,})\.(png|jpg|jpeg)$", re.IGNORECASE)
-
-
 _CAMERA_KEYS = ("width", "height", "fx", "fy", "cx", "cy", "world_to_cam")
-
-
 _MAX_LISTED = 12  # problems spelled out in the error message (all are in DatasetError.problems)
 
 

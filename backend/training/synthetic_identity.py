@@ -11,8 +11,6 @@ import torch
 
 
 _EYE = np.array([0.0315, 0.0105, 0.0685])
-
-
 _MOUTH_Y = -0.059
 
 
