@@ -103,7 +103,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_job, flame, tmp
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_job, flame, tmp_path, monkeypatch):
-    real = fit_mod.L.photometric_loss
+    real = fit_mod.losses.photometric_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -111,7 +111,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_job
         out = real(*a, **k)
         return out * float("nan") if calls["n"] == 8 else out
 
-    monkeypatch.setattr(fit_mod.L, "photometric_loss", poisoned)
+    monkeypatch.setattr(fit_mod.losses, "photometric_loss", poisoned)
     with pytest.raises(MVP4DError) as ei:
         fit_avatar(tiny_job / "stages" / "corpus", flame, _shape(tiny_job, flame), _quick(), checkpoint_dir=tmp_path)
     e = ei.value
