@@ -78,6 +78,7 @@ class VideoFaceMesh:
                 static_image_mode=False, refine_landmarks=True, max_num_faces=VIDEO_MAX_FACES,
                 min_detection_confidence=0.5, min_tracking_confidence=0.5,
             )
+            run_graph(self.graph, np.full((64, 64, 3), 255, np.uint8))  # start its threads while quiet (no face)
 
     def __enter__(self) -> "VideoFaceMesh":
         return self
