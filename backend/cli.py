@@ -136,7 +136,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
 DELEGATES: dict[str, dict[str, str]] = {
-    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench"},
+    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench",
+              "track-video": "backend.tracking.video_bench"},
     "plan": {"": "backend.mmvdm.plan"},
     "weights": {"build": "backend.mmvdm.weights_cli", "init": "backend.mmvdm.weights_cli",
                 "check": "backend.mmvdm.weights_cli",

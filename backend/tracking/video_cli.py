@@ -33,12 +33,14 @@ from ..errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, MVP4DError, bad_inpu
 from ..events import CancelToken, EventSink
 from ..fsutil import atomic_path, check_output_folder, remove_inside, remove_partials, write_json_atomic
 from ..joblock import LOCK_NAME, JobLock
+from ..protocol import ADDON_RUN_FILE
 from .image import save_png_atomic
 from .video_reader import ClipInfo, iter_frames, open_clip
 
 FILES = {"animation": "animation.npz", "report": "tracking.json", "sheet": "contact_sheet.png",
          "landmarks": "landmarks.npz"}
-OURS = frozenset({*FILES.values(), "events.jsonl", "cancel", LOCK_NAME, "logs"})
+#: what may already be in the output folder: an earlier run's files and the add-on's run file
+OURS = frozenset({*FILES.values(), "events.jsonl", "cancel", LOCK_NAME, "logs", ADDON_RUN_FILE})
 STAGE = "track-video"
 CHECKPOINT_EVERY = 50  # frames between detection checkpoints
 SHEET_FRAMES = 12

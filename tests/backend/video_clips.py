@@ -28,7 +28,7 @@ class ToyClip:
     fps: float
 
 
-def truth_sequence(flame: Flame, shape: torch.Tensor, num_frames: int) -> FlameParams:
+def truth_sequence(flame: Flame, shape: torch.Tensor, num_frames: int, head_rotation: float = 1.0) -> FlameParams:
     """Smooth, independent curves: jaw, smile, brow raise, blink; yaw, pitch, roll.
 
     The expression components are ones landmarks can tell apart: the toy's ``mouth_wide`` and
@@ -49,16 +49,20 @@ def truth_sequence(flame: Flame, shape: torch.Tensor, num_frames: int) -> FlameP
     p.global_rot[:, 1] = (np.radians(15) * wave(0.8, 0.0)).float()  # yaw
     p.global_rot[:, 0] = (np.radians(8) * wave(0.6, 1.0)).float()  # pitch
     p.global_rot[:, 2] = (np.radians(5) * wave(0.5, 2.5)).float()  # roll
+    p.global_rot *= head_rotation
     return p
 
 
 def render_toy_clip(flame: Flame, reference: TrackResult, image: np.ndarray, num_frames: int = 40,
-                    size: int = 256, fps: float = 25.0) -> ToyClip:
-    """Render the truth sequence frontally; the head moves from 0.55 m to 0.75 m from the camera and back."""
+                    size: int = 256, fps: float = 25.0, head_rotation: float = 1.0) -> ToyClip:
+    """Render the truth sequence frontally; the head moves from 0.55 m to 0.75 m from the camera and back.
+
+    ``head_rotation`` scales the head's turning (yaw ±15°, pitch ±8°, roll ±5° at 1; 0: a still head).
+    """
     with torch.no_grad():
         ref_verts = flame(reference.params).vertices[0]
     gen = ProjectionGenerator(flame.model.faces, ref_verts, reference.camera, image)
-    params = truth_sequence(flame, reference.params.shape, num_frames)
+    params = truth_sequence(flame, reference.params.shape, num_frames, head_rotation)
     with torch.no_grad():
         verts = flame(params).vertices
     t = np.linspace(0.0, 1.0, num_frames)
