@@ -205,6 +205,9 @@ def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: Ca
                    steps=args.steps, progress=lambda d, t: sink.progress(f"{STAGE}-fit", d, t), check=cancel.check)
     t_fit = time.perf_counter()
     neutral = None if args.neutral_frame is None else args.neutral_frame - info.first
+    if neutral is not None and neutral >= clip.num_frames:
+        raise bad_input(f"--neutral-frame {args.neutral_frame} is past the clip's last readable frame "
+                        f"{info.first + clip.num_frames - 1}", "Give a frame inside the clip.")
     anim = to_animation(flame, fit, neutral_frame=neutral, head_pose=not args.no_head_pose)
     fps_out = float(args.fps or info.fps)
     anim = resample(anim, info.fps, fps_out)
@@ -216,10 +219,13 @@ def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: Ca
     cancel.check()
     with atomic_path(out / FILES["animation"]) as tmp:
         anim.save_npz(tmp)
-    for k in picks_at:
-        if k not in picks:  # resumed run: fetch the few sheet frames again
-            picks[k] = next(iter_frames(info, info.first + k))[1]
-    save_png_atomic(out / FILES["sheet"], _contact_sheet(info, picks, fit, clip.found))
+    for k in [k for k in picks_at if k < clip.num_frames and k not in picks]:  # resumed: read them again
+        got = next(iter_frames(info, info.first + k), None)
+        if got is not None:
+            picks[k] = got[1]
+    picks = {k: v for k, v in picks.items() if k < clip.num_frames}
+    if picks:
+        save_png_atomic(out / FILES["sheet"], _contact_sheet(info, picks, fit, clip.found))
     seconds = time.perf_counter() - t0
     report = {
         "clip": info.to_json(), "fps_in": info.fps, "fps_out": fps_out, "frames_tracked": clip.num_frames,
