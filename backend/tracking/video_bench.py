@@ -5,13 +5,19 @@ motion a talking performer makes) at the requested size and frame rate, writes i
 ``.mp4`` in a temporary folder and runs the whole ``track-video`` command on it with torch limited
 to ``--threads`` threads. Reports tracked frames per second, the time split (reading + landmarks,
 fit, total) and the real-time factor (clip duration / tracking time; > 1 is faster than real time).
+On a shared machine wall time depends on the load, so the CPU time the run used is reported too
+(``realtime_factor_cpu``: clip duration / CPU seconds, what one otherwise idle core would give; the fit
+runs on one thread, MediaPipe on its own) with the load average.
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -36,6 +42,12 @@ def performance_clip(num_frames: int, size: int) -> np.ndarray:
     return frames
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads: MediaPipe's and torch's)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_bench(seconds: float, size: int, fps: float, threads: int, steps: int) -> dict:
     import cv2
     import torch
@@ -52,9 +64,12 @@ def run_bench(seconds: float, size: int, fps: float, threads: int, steps: int) -
             writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
         writer.release()
         out = Path(tmp) / "out"
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
-        rc = track_video(["--video", str(video), "--out", str(out), "--steps", str(steps)])
+        with contextlib.redirect_stdout(sys.stderr):  # the command's events: stdout is this report's
+            rc = track_video(["--video", str(video), "--out", str(out), "--steps", str(steps)])
         wall = time.perf_counter() - t0
+        cpu = _cpu_seconds() - cpu0
         report = json.loads((out / "tracking.json").read_text()) if rc == 0 else {}
     secs = report.get("seconds", {})
     return {
@@ -63,6 +78,9 @@ def run_bench(seconds: float, size: int, fps: float, threads: int, steps: int) -
         "seconds_read_and_landmarks": secs.get("detect"), "seconds_fit": secs.get("fit"),
         "tracking_fps": round(n / wall, 2), "landmark_fps": round(n / secs["detect"], 2) if secs.get("detect") else None,
         "realtime_factor": round((n / fps) / wall, 3),
+        "cpu_seconds": round(cpu, 3), "cpu_ms_per_frame": round(1000 * cpu / n, 2),
+        "realtime_factor_cpu": round((n / fps) / cpu, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "mean_error_px": report.get("mean_error_px"),
     }
 

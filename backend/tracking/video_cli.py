@@ -123,6 +123,17 @@ def _ranges_text(ranges: list[tuple[int, int]], first: int) -> str:
     return ", ".join(parts) + (" ..." if len(ranges) > 8 else "")
 
 
+def _start_optimizer_import() -> None:
+    """Start importing ``torch._dynamo`` in the background; :func:`.fit.import_optimizer` joins it later."""
+    import importlib
+    import threading
+
+    if "torch._dynamo" in sys.modules or any(t.name == "mvp4d-import-optimizer" for t in threading.enumerate()):
+        return
+    threading.Thread(target=importlib.import_module, args=("torch._dynamo",), name="mvp4d-import-optimizer",
+                     daemon=True).start()
+
+
 def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: CancelToken) -> dict[str, str]:
     """The whole command under the folder's lock; returns the outputs (name -> file)."""
     from . import get_flame, load_track
@@ -142,6 +153,8 @@ def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: Ca
         shape = load_track(args.identity, flame).params.shape
     sink.log(f"clip {info.source.name}: {info.width}x{info.height}, {info.fps:g} fps, codec {info.codec}, "
              f"frames {info.first}-{info.stop - 1}", stage=STAGE)
+
+    _start_optimizer_import()  # torch.optim's first import (seconds) overlaps the landmark detection
 
     # 1. landmarks (resumable)
     ckpt = out / FILES["landmarks"]
