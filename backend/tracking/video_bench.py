@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=512, help="frame width and height")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (cores)")
-    p.add_argument("--steps", type=int, default=150, help="optimiser iterations of the clip fit")
+    p.add_argument("--steps", type=int, default=100, help="optimiser iterations of the clip fit")
     a = p.parse_args(argv)
     print(json.dumps(run_bench(a.seconds, a.size, a.fps, a.threads, a.steps), indent=2))
     return 0

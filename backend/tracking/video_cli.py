@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-head-pose", action="store_true", help="expression only: drop head rotation/translation")
     p.add_argument("--neutral-frame", type=int, default=None,
                    help="clip frame (0-based) with the performer's resting face: subtracted from every frame")
-    p.add_argument("--steps", type=int, default=150, help="optimiser iterations of the clip fit")
+    p.add_argument("--steps", type=int, default=100, help="optimiser iterations of the clip fit")
     return p
 
 
