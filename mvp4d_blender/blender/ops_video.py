@@ -82,8 +82,9 @@ class MVP4D_OT_animation_from_video(bpy.types.Operator, ImportHelper):
     smoothing: FloatProperty(name="Smoothing", default=1.0, min=0.0, soft_max=10.0,
                              description="Temporal smoothing: 0 none, 1 default, larger smoother")
     head_pose: BoolProperty(name="Head pose", default=True, description="Off: expressions only (no head motion)")
-    neutral_frame: IntProperty(name="Neutral frame (-1 = none)", default=-1, min=-1,
-                               description="Clip frame with the performer's resting face, subtracted from all")
+    neutral_frame: IntProperty(name="Neutral frame", default=0, min=0,
+                               description="Clip frame with the performer's resting face, subtracted from all "
+                                           "(unset: none; head pose then counts from looking into the lens)")
     frame_start: IntProperty(name="Start frame (0 = scene)", default=0, min=0)
     wait: BoolProperty(default=False, options={"HIDDEN"})
 
@@ -114,7 +115,7 @@ class MVP4D_OT_animation_from_video(bpy.types.Operator, ImportHelper):
             args += ["--end", f"{self.end:g}"]
         if not self.head_pose:
             args.append("--no-head-pose")
-        if self.neutral_frame >= 0:
+        if self.properties.is_property_set("neutral_frame"):
             args += ["--neutral-frame", str(self.neutral_frame)]
         sc.mvp4d.rig = rig
         try:
