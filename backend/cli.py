@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop after this stage")
     p.set_defaults(func=cmd_run)
 
-    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON)",
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...', 'bench track-video ...' (JSON)",
              "plan": "print the MMVDM sampling plan for a preset",
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights init --size tiny --out DIR' "
                         "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
