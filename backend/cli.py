@@ -136,7 +136,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
 DELEGATES: dict[str, dict[str, str]] = {
-    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench"},
+    "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench",
+              "track-video": "backend.tracking.video_bench"},
     "plan": {"": "backend.mmvdm.plan"},
     "weights": {"build": "backend.mmvdm.weights_cli", "init": "backend.mmvdm.weights_cli",
                 "check": "backend.mmvdm.weights_cli",
@@ -147,6 +148,7 @@ DELEGATES: dict[str, dict[str, str]] = {
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
     "gpu-check": {"": "backend.gpucheck.runner"},
+    "track-video": {"": "backend.tracking.video_cli"},
 }
 
 
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop after this stage")
     p.set_defaults(func=cmd_run)
 
-    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON)",
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...', 'bench track-video ...' (JSON)",
              "plan": "print the MMVDM sampling plan for a preset",
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights init --size tiny --out DIR' "
                         "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
@@ -227,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
              "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",
-             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')"}
+             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')",
+             "track-video": "performance clip -> animation: 'track-video --video FILE|DIR --out DIR' (FLAME per frame)"}
     for name in DELEGATES:
         p = sub.add_parser(name, help=helps[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

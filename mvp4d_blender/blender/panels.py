@@ -107,6 +107,8 @@ class MVP4D_PT_animation(_Panel, bpy.types.Panel):
         row.prop(m, "frame_end")
         _button(layout, "mvp4d.import_sequence", None if rigmod.is_rig(m.rig) else "Add or pick a FLAME rig first",
                 icon="ANIM")
+        _button(layout, "mvp4d.animation_from_video",
+                None if rigmod.is_rig(m.rig) else "Add or pick a FLAME rig first", icon="FILE_MOVIE")
 
 
 def generate_blocker(context) -> str | None:
