@@ -14,6 +14,17 @@ import pytest
 from .conftest import ADDON, REPO
 
 VALIDATOR = REPO / "tools" / "validate_gltf.js"
+# Blender 5's glTF importer makes KHR_gaussian_splatting primitives PointCloud objects and then fails on
+# their skin (no armature modifier on a point cloud) and morph targets (no shape keys): an importer
+# limitation, not an invalid file (the Khronos validator accepts it; Blender 4.5 imports it).
+BLENDER5_SPLAT_IMPORT_BUG = bpy.app.version >= (5, 0, 0)
+
+
+def _blender5_refuses_skinned_splats(path) -> None:
+    """Pin the importer limitation above: when Blender fixes it this fails, and the workaround can go."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    with pytest.raises(RuntimeError, match="shape_keys|object"):
+        bpy.ops.import_scene.gltf(filepath=str(path))
 
 
 @pytest.fixture
@@ -48,7 +59,7 @@ def test_ply_per_frame(scene, avatar, tmp_path):
 
 @pytest.mark.skipif(shutil.which("node") is None or not (REPO / "tools" / "node_modules" / "gltf-validator").is_dir(),
                     reason="node + gltf-validator are installed by `make test` (tools/node_modules)")
-def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, tmp_path):
+def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, toy_bundle, tmp_path):
     path = tmp_path / "avatar.glb"
     assert bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(path)) == {"FINISHED"}
     out = subprocess.run(["node", str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=120)
@@ -59,6 +70,13 @@ def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, tmp_path)
     info = report["report"]["info"]
     assert info["animationCount"] == 1 and info["totalVertexCount"] >= 4912 + 9812
     # and it comes back into Blender with the morph targets and the animation
+    if BLENDER5_SPLAT_IMPORT_BUG:
+        _blender5_refuses_skinned_splats(path)
+        path = tmp_path / "avatar_rigid.glb"  # the head and its animation, with splats Blender 5 can import
+        bpy.ops.wm.read_homefile(use_empty=True)
+        bpy.ops.mvp4d.add_rig(source="TOY")
+        bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle))
+        assert bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(path), splat_mode="RIGID") == {"FINISHED"}
     bpy.ops.wm.read_homefile(use_empty=True)
     bpy.ops.import_scene.gltf(filepath=str(path))
     heads = [o for o in bpy.data.objects if o.type == "MESH" and o.data.shape_keys is not None]
@@ -98,6 +116,9 @@ def test_skinned_glb_splats_carry_the_skin_and_morphs(scene, avatar, tmp_path):
     names = doc["meshes"][node["mesh"]]["extras"]["targetNames"]
     jaw = gl.read_accessor(doc, blob, prim["targets"][names.index("jaw_open")]["POSITION"])
     assert np.linalg.norm(jaw, axis=1).max() > 1e-3  # the jaw blendshape moves the mouth's splats
+    if BLENDER5_SPLAT_IMPORT_BUG:
+        _blender5_refuses_skinned_splats(path)
+        return
     bpy.ops.wm.read_homefile(use_empty=True)
     assert bpy.ops.import_scene.gltf(filepath=str(path)) == {"FINISHED"}
 

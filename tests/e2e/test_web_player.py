@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,9 +36,9 @@ pytestmark = pytest.mark.skipif(not READY, reason="chromium and web/node_modules
 RES = 256
 
 
-def _build_player() -> None:
-    subprocess.run([str(WEB / "node_modules" / ".bin" / "esbuild"), "src/player.js", "--bundle",
-                    "--format=esm", "--outfile=dist/player.js", "--log-level=warning"], cwd=WEB, check=True, timeout=120)
+def _build(entry: str) -> None:
+    subprocess.run([str(WEB / "node_modules" / ".bin" / "esbuild"), f"src/{entry}.js", "--bundle",
+                    "--format=esm", f"--outfile=dist/{entry}.js", "--log-level=warning"], cwd=WEB, check=True, timeout=300)
 
 
 def three_camera(spec) -> dict:
@@ -86,7 +87,7 @@ def exported(tmp_path_factory):
     ring = ring_preset("tiny", distance=1.0, resolution=RES)
     specs = ring.to_specs()
     (tmp / "cameras.json").write_text(json.dumps([dataclasses.asdict(s) for s in specs]))
-    _build_player()
+    _build("player")
     return tmp, bundle_path, next(s for s in specs if s.name == "key00")
 
 
@@ -98,6 +99,12 @@ def _drive(tmp: Path, page: str, glb: Path, frames: list[int], camera: dict | No
     subprocess.run(["node", str(WEB / "test" / "serve_and_drive.mjs"), str(out / "config.json")], cwd=WEB, check=True,
                    timeout=240)
     return json.loads((out / "report.json").read_text()), out
+
+
+def _keep_shot(path: Path, name: str) -> None:
+    """Screenshots for docs/engines.md: copied into $MVP4D_SHOTS_DIR when it is set."""
+    if os.environ.get("MVP4D_SHOTS_DIR"):
+        shutil.copy(path, Path(os.environ["MVP4D_SHOTS_DIR"]) / name)
 
 
 def _img(path: Path) -> np.ndarray:
@@ -142,5 +149,21 @@ def test_player_animates_the_mouth_and_matches_the_backend_render(exported):
     mse = np.mean((a[head] - want[head]) ** 2)
     psnr = 10 * np.log10(255.0 ** 2 / max(mse, 1e-12))
     print("psnr", psnr)
-    shutil.copy(out / "frame_0000.png", tmp / "player_frame0.png")
+    _keep_shot(out / "frame_0000.png", "web_player_frame0.png")
+    _keep_shot(out / f"frame_{open_frame:04d}.png", "web_player_jaw_open.png")
     assert psnr >= 25.0, psnr
+
+
+def test_babylon_loads_the_glb_with_coloured_splats_and_the_proxy_hidden(exported):
+    tmp, _, _ = exported
+    _build("babylon")
+    report, out = _drive(tmp, "babylon.html", tmp / "avatar.glb", [0], {"width": 320, "height": 320})
+    assert report["errors"] == [], report["errors"]
+    meshes = report["info"]["meshes"]
+    splats = [m for m in meshes if "Splat" in m["class"]]
+    assert splats and all(m["visible"] for m in splats), meshes
+    assert not any(m["name"].startswith("head") and m["visible"] for m in meshes), meshes
+    img = _img(out / "frame_0000.png")
+    spread = img.max(axis=2) - img.min(axis=2)  # colour, not grey or white points
+    assert (spread > 60).mean() > 0.02, (spread > 60).mean()
+    _keep_shot(out / "frame_0000.png", "babylon_frame0.png")
