@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,9 @@ def test_cli_exports_glb_and_refuses_an_unknown_head_model(tmp_path, bundle, cap
     err = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"error"' in line]
     assert err and err[-1]["code"] == "BAD_INPUT" and "--flame" in err[-1]["hint"]
     assert not (tmp_path / "b.glb").exists()
+
+
+def test_the_writers_the_addon_uses_do_not_import_torch():
+    code = ("import sys; import backend.engines.gltf, backend.engines.spz, backend.engines.exports; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
