@@ -3,9 +3,10 @@
 // Reads what any glTF engine reads from an MVP4D .glb (three.js's GLTFLoader does the parsing): the
 // "splats" POINTS primitive with KHR_gaussian_splatting attributes, JOINTS_0/WEIGHTS_0 (loaded as
 // skinIndex/skinWeight), morph targets, and the skin's joints and inverse bind matrices. Each frame
-// every splat centre is p = B (rest + sum_k w_k delta_k) with B the weight-blended joint matrices,
-// and its orientation is the blend's rotation times the rest orientation (a rigidly skinned splat
-// is exact; a blended one is rotated by its polar rotation).
+// every splat centre is p = B (rest + sum_k w_k delta_k) with B the blended skin matrices of its
+// joints. The morph targets are applied here (JavaScript); the skin runs on the GPU in Spark's
+// SplatSkinning (dual-quaternion blending, which also rotates each splat), or here with ?skin=cpu
+// (linear blending, the splat rotated by the blend's polar rotation).
 import * as THREE from "three";
 
 const SH_C0 = 0.28209479177387814;
@@ -31,13 +32,48 @@ export class SkinnedSplats {
     this.boneMats = bones.map(() => new THREE.Matrix4());
   }
 
-  // Writes every posed splat into Spark's PackedSplats (world space of the avatar's root).
-  pose(packed, rootInverse) {
-    const n = this.count;
-    const w = this.points.morphTargetInfluences || [];
+  // The skin matrices M_j = (root^-1) joint_j inverseBind_j of the current frame (this.boneMats).
+  updateBones(rootInverse) {
     for (let j = 0; j < this.bones.length; j++) {
       this.boneMats[j].multiplyMatrices(this.bones[j].matrixWorld, this.inverseBind[j]).premultiply(rootInverse);
     }
+  }
+
+  // GPU skinning with Spark's SplatSkinning (dual quaternions): each splat's joints and weights once;
+  // every bone's rest pose is the identity at the origin, so its current pose is its skin matrix.
+  attachGpuSkin(mesh, SplatSkinning, SplatSkinningMode) {
+    const skin = new SplatSkinning({ mesh, numSplats: this.count, numBones: this.bones.length,
+      mode: SplatSkinningMode.DUAL_QUATERNION });
+    const idx = new THREE.Vector4(), wt = new THREE.Vector4();
+    for (let i = 0; i < this.count; i++) {
+      idx.fromArray(this.skinIndex, 4 * i);
+      wt.fromArray(this.skinWeight, 4 * i);
+      skin.setSplatBones(i, idx, wt);
+    }
+    skin.skinTexture.needsUpdate = true;
+    for (let j = 0; j < this.bones.length; j++) skin.setRestQuatPos(j, new THREE.Quaternion(), new THREE.Vector3());
+    mesh.skinning = skin;
+    mesh.updateGenerator();
+    this.gpuSkin = skin;
+  }
+
+  // Bones of the current frame into the GPU skin (after updateBones).
+  poseGpuSkin() {
+    const q = new THREE.Quaternion(), t = new THREE.Vector3(), s = new THREE.Vector3();
+    for (let j = 0; j < this.bones.length; j++) {
+      this.boneMats[j].decompose(t, q, s);
+      this.gpuSkin.setBoneQuatPos(j, q, t);
+    }
+    this.gpuSkin.updateBones();
+  }
+
+  // Writes every splat into Spark's PackedSplats: morph targets applied, and the skin too unless a
+  // GPU skin is attached (then the splats stay at the bind pose and Spark skins them).
+  pose(packed, rootInverse) {
+    const n = this.count;
+    const w = this.points.morphTargetInfluences || [];
+    this.updateBones(rootInverse);
+    const cpuSkin = this.skinIndex && !this.gpuSkin;
     const active = [];
     for (let k = 0; k < this.morphs.length; k++) if (w[k]) active.push(k);
     const p = new THREE.Vector3(), c = new THREE.Vector3(), s = new THREE.Vector3();
@@ -52,7 +88,7 @@ export class SkinnedSplats {
         x += w[k] * d[3 * i]; y += w[k] * d[3 * i + 1]; z += w[k] * d[3 * i + 2];
       }
       p.set(x, y, z);
-      if (this.skinIndex) {
+      if (cpuSkin) {
         e.fill(0);
         for (let t = 0; t < 4; t++) {
           const wt = this.skinWeight[4 * i + t];
@@ -77,6 +113,7 @@ export class SkinnedSplats {
       packed.setSplat(i, c, s, q, this.opacity[i], col);
     }
     packed.needsUpdate = true;
+    if (this.gpuSkin) this.poseGpuSkin();
   }
 }
 

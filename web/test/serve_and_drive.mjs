@@ -34,7 +34,7 @@ try {
   page.on("console", (m) => { if (m.type() === "error") report.errors.push(m.text()); else if (m.type() === "warning") report.warnings.push(m.text()); });
   page.on("pageerror", (e) => report.errors.push(String(e)));
   page.on("response", (r) => { if (r.status() >= 400) report.errors.push(`HTTP ${r.status()} ${r.url()}`); });
-  await page.goto(`http://127.0.0.1:${port}/${cfg.page}?src=avatar.glb`);
+  await page.goto(`http://127.0.0.1:${port}/${cfg.page}?src=avatar.glb${cfg.query ? "&" + cfg.query : ""}`);
   await page.waitForFunction(() => window.player && window.player.ready, null, { timeout: 60000 });
   await page.evaluate(() => window.player.ready);
   if (cfg.camera) await page.evaluate((c) => window.player.setCamera(c), cfg.camera);
