@@ -4,9 +4,10 @@
 // "splats" POINTS primitive with KHR_gaussian_splatting attributes, JOINTS_0/WEIGHTS_0 (loaded as
 // skinIndex/skinWeight), morph targets, and the skin's joints and inverse bind matrices. Each frame
 // every splat centre is p = B (rest + sum_k w_k delta_k) with B the blended skin matrices of its
-// joints. The morph targets are applied here (JavaScript); the skin runs on the GPU in Spark's
-// SplatSkinning (dual-quaternion blending, which also rotates each splat), or here with ?skin=cpu
-// (linear blending, the splat rotated by the blend's polar rotation).
+// joints. By default both run on the GPU: the morph targets in a small dyno program (a texture of
+// deltas, one of weights) that Spark runs just before its SplatSkinning (dual-quaternion blending,
+// which also rotates each splat); the splats are uploaded once. ?skin=cpu does both here in
+// JavaScript (linear blending, the splat rotated by the blend's polar rotation).
 import * as THREE from "three";
 
 const SH_C0 = 0.28209479177387814;
@@ -57,6 +58,49 @@ export class SkinnedSplats {
     this.gpuSkin = skin;
   }
 
+  // GPU morph targets: every splat's deltas in one float texture (texel i * M + k), the weights in
+  // another, added to the splat centre by a dyno program that runs just before Spark's skinning.
+  attachGpuMorphs(dyno) {
+    const M = this.morphs.length;
+    if (!M || !this.gpuSkin) return;
+    const W = 4096, H = Math.ceil((this.count * M) / W);
+    const data = new Float32Array(W * H * 4);
+    for (let i = 0; i < this.count; i++) {
+      for (let k = 0; k < M; k++) {
+        const t = 4 * (i * M + k), d = this.morphs[k];
+        data[t] = d[3 * i]; data[t + 1] = d[3 * i + 1]; data[t + 2] = d[3 * i + 2];
+      }
+    }
+    const deltaTex = new THREE.DataTexture(data, W, H, THREE.RGBAFormat, THREE.FloatType);
+    deltaTex.needsUpdate = true;
+    this.weightData = new Float32Array(M * 4);
+    this.weightTex = new THREE.DataTexture(this.weightData, M, 1, THREE.RGBAFormat, THREE.FloatType);
+    this.weightTex.needsUpdate = true;
+    const deltas = new dyno.DynoSampler2D({ key: "deltas", value: deltaTex });
+    const weights = new dyno.DynoSampler2D({ key: "weights", value: this.weightTex });
+    const numTargets = new dyno.DynoInt({ key: "numTargets", value: M });
+    const morph = (gsplat) => new dyno.Dyno({
+      inTypes: { gsplat: dyno.Gsplat, deltas: "sampler2D", weights: "sampler2D", numTargets: "int" },
+      outTypes: { gsplat: dyno.Gsplat },
+      inputs: { gsplat, deltas, weights, numTargets },
+      statements: ({ inputs, outputs }) => dyno.unindentLines(`
+        ${outputs.gsplat} = ${inputs.gsplat};
+        if (isGsplatActive(${outputs.gsplat}.flags)) {
+          for (int k = 0; k < ${inputs.numTargets}; k++) {
+            float w = texelFetch(${inputs.weights}, ivec2(k, 0), 0).r;
+            if (w != 0.0) {
+              int t = ${outputs.gsplat}.index * ${inputs.numTargets} + k;
+              ${outputs.gsplat}.center += w * texelFetch(${inputs.deltas}, ivec2(t % ${W}, t / ${W}), 0).xyz;
+            }
+          }
+        }
+      `),
+    }).outputs.gsplat;
+    const skinModify = this.gpuSkin.modify.bind(this.gpuSkin);
+    this.gpuSkin.modify = (gsplat) => skinModify(morph(gsplat));
+    this.gpuMorphs = true;
+  }
+
   // Bones of the current frame into the GPU skin (after updateBones).
   poseGpuSkin() {
     const q = new THREE.Quaternion(), t = new THREE.Vector3(), s = new THREE.Vector3();
@@ -73,9 +117,14 @@ export class SkinnedSplats {
     const n = this.count;
     const w = this.points.morphTargetInfluences || [];
     this.updateBones(rootInverse);
+    if (this.gpuMorphs) {  // everything on the GPU: new weights and bones only (the splats are written once)
+      for (let k = 0; k < this.morphs.length; k++) this.weightData[4 * k] = w[k] || 0;
+      this.weightTex.needsUpdate = true;
+      if (this.written) { this.poseGpuSkin(); return; }
+    }
     const cpuSkin = this.skinIndex && !this.gpuSkin;
     const active = [];
-    for (let k = 0; k < this.morphs.length; k++) if (w[k]) active.push(k);
+    if (!this.gpuMorphs) for (let k = 0; k < this.morphs.length; k++) if (w[k]) active.push(k);
     const p = new THREE.Vector3(), c = new THREE.Vector3(), s = new THREE.Vector3();
     const q = new THREE.Quaternion(), qb = new THREE.Quaternion(), col = new THREE.Color();
     const blend = new THREE.Matrix4(), rot = new THREE.Matrix4();
@@ -113,6 +162,7 @@ export class SkinnedSplats {
       packed.setSplat(i, c, s, q, this.opacity[i], col);
     }
     packed.needsUpdate = true;
+    this.written = true;
     if (this.gpuSkin) this.poseGpuSkin();
   }
 }

@@ -2,14 +2,14 @@
 //
 // The .glb is read with three.js's stock GLTFLoader (the head, skeleton, morph weights and the
 // animation); the splats are drawn by Spark (one SplatMesh: sorted across the whole avatar) and posed
-// every frame from the file's morph targets and skin (avatar.js; the skin on the GPU by Spark's
-// SplatSkinning, or on the CPU with ?skin=cpu). Controls: play/pause, a timeline,
+// every frame from the file's morph targets and skin (avatar.js: on the GPU, morphs in a dyno program
+// and the skin in Spark's SplatSkinning; in JavaScript with ?skin=cpu). Controls: play/pause, a timeline,
 // orbit (drag, wheel). URL: index.html?src=avatar.glb. For tests, window.player exposes setFrame,
 // setCamera and a `ready` promise.
 import * as THREE from "three";
 import { GLTFLoader } from "three/examples/jsm/loaders/GLTFLoader.js";
 import { OrbitControls } from "three/examples/jsm/controls/OrbitControls.js";
-import { PackedSplats, SparkRenderer, SplatMesh, SplatSkinning, SplatSkinningMode } from "@sparkjsdev/spark";
+import { PackedSplats, SparkRenderer, SplatMesh, SplatSkinning, SplatSkinningMode, dyno } from "@sparkjsdev/spark";
 import { SkinnedSplats, skinOf } from "./avatar.js";
 
 const params = new URLSearchParams(location.search);
@@ -57,8 +57,13 @@ async function load(src) {
   const mesh = new SplatMesh({ packedSplats: packed });
   gltf.scene.add(mesh);
   await mesh.initialized;
-  if (splats.skinIndex && params.get("skin") !== "cpu") splats.attachGpuSkin(mesh, SplatSkinning, SplatSkinningMode);
+  if (splats.skinIndex && params.get("skin") !== "cpu") {
+    splats.attachGpuSkin(mesh, SplatSkinning, SplatSkinningMode);
+    splats.attachGpuMorphs(dyno);
+    mesh.updateGenerator();
+  }
   window.player.skin = !splats.skinIndex ? "none" : splats.gpuSkin ? "gpu" : "cpu";
+  window.player.morphs = splats.gpuMorphs ? "gpu" : "cpu";
   const clip = gltf.animations[0];
   const mixer = new THREE.AnimationMixer(gltf.scene);
   const times = clip ? clip.tracks[0].times : new Float32Array([0]);
@@ -120,6 +125,6 @@ window.player = {
   },
   setCamera,
   async numFrames() { return (await ready).times.length; },
-  info() { return { skin: window.player.skin }; },
+  info() { return { skin: window.player.skin, morphs: window.player.morphs }; },
 };
 ready.catch((e) => { console.error(e); document.getElementById("label").textContent = String(e); });
