@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights init --size tiny --out DIR' "
                         "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
                         "or 'weights fixture FILE'",
-             "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
+             "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated|glb|spz'",
              "render": "render an avatar: 'render BUNDLE --view NAME --frame F --out PNG' (or --turntable N)",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",

@@ -193,7 +193,7 @@ class MVP4D_PT_avatar(_Panel, bpy.types.Panel):
                     draw_modifier_input(col, mod, item, item.name)
         col = layout.column(align=True)
         for fmt, label in (("PLY", "Export PLY (frame)"), ("PLY_SEQUENCE", "Export PLY per frame"),
-                           ("GLB", "Export glTF (.glb)")):
+                           ("GLB", "Export glTF (.glb)"), ("SPZ", "Export SPZ (frame)")):
             op = col.operator("mvp4d.export_avatar", text=label, icon="EXPORT")
             op.format, op.avatar = fmt, obj.name
 
