@@ -31,32 +31,14 @@ import numpy as np
 
 from ..errors import EXIT_ERROR, MVP4DError
 from ..fsutil import atomic_path, check_new_file, publish_dir
-from .binding_np import local_to_world_np
 from .bundle import AvatarBundle, read_bundle
+from .world_gaussians import check_frame as _frame
+from .world_gaussians import world_gaussians_np
 
 __all__ = ["FORMATS", "world_gaussians_np", "ply_bytes", "export_ply", "export_ply_sequence",
            "export_cap4d_animated", "export_bundle", "main"]
 
 FORMATS = ("ply", "ply-sequence", "cap4d-animated", "glb", "spz")
-
-
-def _frame(bundle: AvatarBundle, frame: int) -> int:
-    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not 0 <= frame < bundle.num_frames:
-        raise MVP4DError("BAD_INPUT", f"frame {frame!r} is outside the avatar's {bundle.num_frames} frames",
-                         f"Choose a frame from 0 to {bundle.num_frames - 1}.")
-    return int(frame)
-
-
-def world_gaussians_np(bundle: AvatarBundle, frame: int = 0) -> dict[str, np.ndarray]:
-    """World Gaussians of ``frame`` as the PLY stores them (float32): ``means`` (N, 3), ``quats``
-    (N, 4) unit wxyz, ``log_scales`` (N, 3), ``opacity_logit`` (N,), ``sh`` (N, K, 3)."""
-    t = _frame(bundle, frame)
-    offsets = None if bundle.detail_offsets is None else bundle.detail_offsets[t]
-    means, quats, log_scales = local_to_world_np(bundle.parent_face, bundle.local_position, bundle.local_rotation,
-                                                 bundle.log_scale, bundle.vertices[t], bundle.faces, offsets)
-    return {"means": means.astype(np.float32), "quats": quats.astype(np.float32),
-            "log_scales": log_scales.astype(np.float32), "opacity_logit": bundle.opacity_logit.astype(np.float32),
-            "sh": bundle.sh.astype(np.float32)}
 
 
 def ply_bytes(bundle: AvatarBundle, frame: int = 0, axes: str = "y-up") -> bytes:

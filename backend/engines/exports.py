@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..avatar.bundle import AvatarBundle
+from ..avatar.world_gaussians import world_gaussians_np
 from ..errors import MVP4DError
 from .gltf import GlbOptions, write_avatar_glb
 from .rig_np import rig_from_bundle, splats_from_bundle
@@ -63,7 +64,5 @@ def export_glb(bundle: AvatarBundle, out_path: str | Path, frame: int = 0, flame
 
 def export_spz(bundle: AvatarBundle, out_path: str | Path, frame: int = 0) -> Path:
     """The Gaussians of ``frame`` as SPZ (atomic)."""
-    from ..avatar.export import world_gaussians_np
-
     w = world_gaussians_np(bundle, frame)
     return write_spz(out_path, w["means"], w["quats"], w["log_scales"], w["opacity_logit"], w["sh"])
