@@ -50,7 +50,7 @@ $(NODE_STAMP): tools/package.json tools/package-lock.json
 	touch $(NODE_STAMP)
 
 $(WEB_STAMP): web/package.json web/package-lock.json
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 	cd web && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 	touch $(WEB_STAMP)
 
