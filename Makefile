@@ -18,8 +18,11 @@ BPY5    := $(BVENV5)/bin/python
 BSTAMP5 := $(BVENV5)/.installed
 # The Khronos glTF validator (npm), project-local, for the .glb export tests.
 NODE_STAMP := tools/node_modules/.installed
+# The web player (web/: three.js + Spark, esbuild, Playwright driving Debian's chromium, spz-js, Babylon.js)
+# for the engine-export tests; Playwright never downloads a browser of its own.
+WEB_STAMP := web/node_modules/.installed
 
-.PHONY: test test-backend test-blender demo demo-blender install addon clean gpu-check
+.PHONY: test test-backend test-blender demo demo-blender install addon clean gpu-check web
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,13 +49,20 @@ $(NODE_STAMP): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+$(WEB_STAMP): web/package.json web/package-lock.json
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+	cd web && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+web: $(WEB_STAMP)
+
 install: $(STAMP)
 
 # the Blender extension zip: dist/mvp4d-<version>.zip
 addon: $(STAMP)
 	$(PY) build_addon.py
 
-test: $(STAMP) $(BSTAMP) $(BSTAMP5) $(NODE_STAMP)
+test: $(STAMP) $(BSTAMP) $(BSTAMP5) $(NODE_STAMP) $(WEB_STAMP)
 	$(PY) -m ruff check backend tests mvp4d_blender build_addon.py
 	$(PY) -m pytest -q tests
 	$(BPY) -m pytest -q tests/blender

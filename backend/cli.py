@@ -152,17 +152,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Sub-tools that own their argument parsing: ``python -m backend <tool> [<sub>] ...`` forwards the rest.
 DELEGATES: dict[str, dict[str, str]] = {
     "bench": {"mmvdm": "backend.mmvdm.bench", "fit": "backend.avatar.bench", "cap4d": "backend.cap4d.bench",
-              "scaling": "backend.executors.scaling"},
+              "track-video": "backend.tracking.video_bench", "scaling": "backend.executors.scaling"},
     "plan": {"": "backend.mmvdm.plan"},
     "weights": {"build": "backend.mmvdm.weights_cli", "init": "backend.mmvdm.weights_cli",
                 "check": "backend.mmvdm.weights_cli",
                 "convert": "backend.cap4d.weights_cli", "fixture": "backend.cap4d.weights_cli"},
     "export": {"": "backend.avatar.export"},
     "render": {"": "backend.avatar.render_cli"},
-    "train": {"": "backend.training.trainer"},
+    "train": {"": "backend.training.train_cli"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
     "gpu-check": {"": "backend.gpucheck.runner"},
+    "track-video": {"": "backend.tracking.video_cli"},
 }
 
 
@@ -235,17 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_options(p)  # given: replaces job.json's executor for this run
     p.set_defaults(func=cmd_run)
 
-    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...' (JSON), 'bench scaling' (GPUs)",
+    helps = {"bench": "benchmarks: 'bench mmvdm ...', 'bench fit ...', 'bench cap4d ...', 'bench track-video ...' (JSON), "
+                      "'bench scaling' (GPUs)",
              "plan": "print the MMVDM sampling plan for a preset",
              "weights": "'weights build --from COGVIDEOX_DIR --out DIR', 'weights init --size tiny --out DIR' "
                         "(random), 'weights check DIR', 'weights convert --from CAP4D.ckpt --out DIR' "
                         "or 'weights fixture FILE'",
-             "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated'",
+             "export": "export an avatar bundle: 'export BUNDLE --format ply|ply-sequence|cap4d-animated|glb|spz'",
              "render": "render an avatar: 'render BUNDLE --view NAME --frame F --out PNG' (or --turntable N)",
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
              "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",
-             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')"}
+             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')",
+             "track-video": "performance clip -> animation: 'track-video --video FILE|DIR --out DIR' (FLAME per frame)"}
     for name in DELEGATES:
         p = sub.add_parser(name, help=helps[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

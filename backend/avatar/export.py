@@ -11,6 +11,8 @@
   (``%05d``) ``meta_delta_min_i``, ``meta_delta_max_i`` and ``delta_vertex_i`` = (v_i - v_0 - min) /
   (max - min), uint8 when ``compress`` else float32. The viewer re-derives every splat from the
   mesh with the same triangle frame, so this file is small and still fully animated.
+* ``glb`` and ``spz``: for game engines and web viewers, :mod:`backend.engines.exports` (rigged glTF
+  with skinned, morphing splats; Niantic's SPZ). ``--ply-axes y-down`` writes the PLYs in 3DGS/COLMAP axes.
 
 World Gaussians are posed with the numpy binding (:mod:`.binding_np`), the mirror of the torch one
 the fit used, in FLAME space (metres, +y up). Per-frame ``detail_offsets`` are baked into the PLY
@@ -29,47 +31,31 @@ import numpy as np
 
 from ..errors import EXIT_ERROR, MVP4DError
 from ..fsutil import atomic_path, check_new_file, publish_dir
-from .binding_np import local_to_world_np
 from .bundle import AvatarBundle, read_bundle
+from .world_gaussians import check_frame as _frame
+from .world_gaussians import world_gaussians_np
 
 __all__ = ["FORMATS", "world_gaussians_np", "ply_bytes", "export_ply", "export_ply_sequence",
            "export_cap4d_animated", "export_bundle", "main"]
 
-FORMATS = ("ply", "ply-sequence", "cap4d-animated")
+FORMATS = ("ply", "ply-sequence", "cap4d-animated", "glb", "spz")
 
 
-def _frame(bundle: AvatarBundle, frame: int) -> int:
-    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not 0 <= frame < bundle.num_frames:
-        raise MVP4DError("BAD_INPUT", f"frame {frame!r} is outside the avatar's {bundle.num_frames} frames",
-                         f"Choose a frame from 0 to {bundle.num_frames - 1}.")
-    return int(frame)
-
-
-def world_gaussians_np(bundle: AvatarBundle, frame: int = 0) -> dict[str, np.ndarray]:
-    """World Gaussians of ``frame`` as the PLY stores them (float32): ``means`` (N, 3), ``quats``
-    (N, 4) unit wxyz, ``log_scales`` (N, 3), ``opacity_logit`` (N,), ``sh`` (N, K, 3)."""
-    t = _frame(bundle, frame)
-    offsets = None if bundle.detail_offsets is None else bundle.detail_offsets[t]
-    means, quats, log_scales = local_to_world_np(bundle.parent_face, bundle.local_position, bundle.local_rotation,
-                                                 bundle.log_scale, bundle.vertices[t], bundle.faces, offsets)
-    return {"means": means.astype(np.float32), "quats": quats.astype(np.float32),
-            "log_scales": log_scales.astype(np.float32), "opacity_logit": bundle.opacity_logit.astype(np.float32),
-            "sh": bundle.sh.astype(np.float32)}
-
-
-def ply_bytes(bundle: AvatarBundle, frame: int = 0) -> bytes:
-    """The standard 3DGS PLY of one frame, through gsplat's exporter."""
+def ply_bytes(bundle: AvatarBundle, frame: int = 0, axes: str = "y-up") -> bytes:
+    """The standard 3DGS PLY of one frame, through gsplat's exporter (``axes``: :data:`~backend.engines.exports.PLY_AXES`)."""
     import torch
     from gsplat.exporter import export_splats
 
-    w = {k: torch.from_numpy(v) for k, v in world_gaussians_np(bundle, frame).items()}
+    from ..engines.exports import to_ply_axes
+
+    w = {k: torch.from_numpy(v) for k, v in to_ply_axes(world_gaussians_np(bundle, frame), axes).items()}
     return export_splats(means=w["means"], scales=w["log_scales"], quats=w["quats"], opacities=w["opacity_logit"],
                          sh0=w["sh"][:, :1], shN=w["sh"][:, 1:], format="ply")
 
 
-def export_ply(bundle: AvatarBundle, out_path: str | Path, frame: int = 0) -> Path:
+def export_ply(bundle: AvatarBundle, out_path: str | Path, frame: int = 0, axes: str = "y-up") -> Path:
     """Write the 3DGS PLY of ``frame`` to ``out_path`` (atomic)."""
-    data = ply_bytes(bundle, frame)
+    data = ply_bytes(bundle, frame, axes)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)
@@ -77,7 +63,8 @@ def export_ply(bundle: AvatarBundle, out_path: str | Path, frame: int = 0) -> Pa
 
 
 def export_ply_sequence(bundle: AvatarBundle, out_dir: str | Path,
-                        progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> list[Path]:
+                        progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+                        axes: str = "y-up") -> list[Path]:
     """One 3DGS PLY per frame, ``out_dir/NNNN.ply``, built in a temporary sibling and swapped in by
     :func:`~backend.fsutil.publish_dir`: a new folder appears complete or not at all; an earlier
     export's folder has only its own files replaced; anyone else's non-empty folder is refused
@@ -87,7 +74,7 @@ def export_ply_sequence(bundle: AvatarBundle, out_dir: str | Path,
     names = [f"{t:04d}.ply" for t in range(T)]
     with publish_dir(out_dir, overwrite=overwrite) as tmp:
         for t, name in enumerate(names):
-            (tmp / name).write_bytes(ply_bytes(bundle, t))
+            (tmp / name).write_bytes(ply_bytes(bundle, t, axes))
             if progress:
                 progress(t + 1, T)
     return [out_dir / n for n in names]
@@ -167,7 +154,9 @@ def export_cap4d_animated(bundle: AvatarBundle, out_path: str | Path, compress: 
 
 def export_bundle(bundle_path: str | Path, fmt: str, out_path: str | Path, frame: int = 0, compress: bool = True,
                   warn: Callable[[str], None] | None = None,
-                  progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> list[Path]:
+                  progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+                  flame: str | None = None, proxy: str = "hidden", splats: str = "skinned",
+                  ply_axes: str = "y-up") -> list[Path]:
     """Read ``bundle_path`` and export it as ``fmt`` (:data:`FORMATS`) to ``out_path`` (a file, or a
     folder for ``ply-sequence``); returns the written paths. An existing file is replaced only with
     ``overwrite`` (``OUTPUT_EXISTS`` otherwise, checked before any work); folders: :func:`export_ply_sequence`."""
@@ -178,9 +167,16 @@ def export_bundle(bundle_path: str | Path, fmt: str, out_path: str | Path, frame
     bundle = read_bundle(bundle_path)
     try:
         if fmt == "ply":
-            return [export_ply(bundle, out_path, frame)]
+            return [export_ply(bundle, out_path, _frame(bundle, frame), ply_axes)]
         if fmt == "ply-sequence":
-            return export_ply_sequence(bundle, out_path, progress, overwrite=overwrite)
+            return export_ply_sequence(bundle, out_path, progress, overwrite=overwrite, axes=ply_axes)
+        if fmt in ("glb", "spz"):  # game engines and web viewers: backend/engines (numpy only)
+            from ..engines.exports import export_glb, export_spz
+            from ..engines.gltf import GlbOptions
+
+            if fmt == "spz":
+                return [export_spz(bundle, out_path, _frame(bundle, frame))]
+            return [export_glb(bundle, out_path, _frame(bundle, frame), flame, GlbOptions(proxy=proxy, splats=splats))]
         return [export_cap4d_animated(bundle, out_path, compress, warn)]
     except OSError as e:
         raise MVP4DError("BAD_INPUT", f"could not write {out_path}: {e.strerror or e}",
@@ -195,17 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", help="avatar.safetensors")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output file (a folder for ply-sequence)")
-    p.add_argument("--frame", type=int, default=0, help="frame for --format ply")
+    p.add_argument("--frame", type=int, default=0, help="frame for ply/spz; the baked frame for glb")
     p.add_argument("--no-compress", action="store_true", help="float32 vertex deltas in cap4d-animated")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file / add to a non-empty folder (other files are kept)")
+    p.add_argument("--flame", default=None, help="glb: the avatar's head model (.pkl/.npz; default toy for toy avatars)")
+    p.add_argument("--proxy", default="hidden", choices=("none", "hidden", "visible"), help="glb: the head mesh")
+    p.add_argument("--splats", default="skinned", choices=("skinned", "rigid", "static"),
+                   help="glb: splats skinned with morph targets, rigid groups under joints, or the static frame")
+    p.add_argument("--ply-axes", default="y-up", choices=("y-up", "y-down"),
+                   help="ply/ply-sequence: y-up (glTF/FLAME axes) or y-down (3DGS/COLMAP axes, Babylon.js)")
     args = p.parse_args(argv)
     sink = EventSink(None, stream=sys.stdout)  # resolved now, so redirected stdout is honoured
     try:
         sink.stage("export", "start")
         paths = export_bundle(args.bundle, args.format, args.out, frame=args.frame, compress=not args.no_compress,
                               warn=lambda m: sink.warning(m, stage="export"),
-                              progress=lambda d, t: sink.progress("export", d, t), overwrite=args.overwrite)
+                              progress=lambda d, t: sink.progress("export", d, t), overwrite=args.overwrite,
+                              flame=args.flame, proxy=args.proxy, splats=args.splats, ply_axes=args.ply_axes)
         sink.stage("export", "end")
         out = Path(args.out)
         sink.done({args.format: str(out if args.format == "ply-sequence" else paths[0])})

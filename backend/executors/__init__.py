@@ -1,5 +1,6 @@
 """Executors: how the corpus plan's units of work run — in this process (``local``) or as Ray tasks
-(``ray``) on several GPUs or hosts. Both run the same unit functions (:mod:`.units`), read and write the
+(``ray``) on several GPUs or hosts. Both run the same unit functions
+(:func:`backend.generators.mmvdm_passes.run_mmvdm_pass`, the CAP4D sampler's ``_guided_eps``), read and write the
 same per-unit checkpoints in the job folder, and give the same result for the same seed.
 
 Torch-free at import (the add-on reads :data:`~backend.protocol.EXECUTORS` through the protocol).

@@ -6,8 +6,8 @@ How an MMVDM stage runs (:meth:`RayExecutor.run_mmvdm_stage`):
   whose ``depends_on`` are finished — the key pass of window 0 first, then its clusters and the next
   key extension together, each cluster of a later window as soon as its window's key pass and its own
   previous window exist (the plan's dependency graph, no barrier per window);
-* a task is :func:`backend.executors.units.run_mmvdm_pass`, the same function the local executor
-  runs, in a worker that builds the generator once (weights loaded from the same folder, or the
+* a task is :func:`backend.generators.mmvdm_passes.run_mmvdm_pass`, the same function the local
+  executor runs, in a worker that builds the generator once (weights loaded from the same folder, or the
   driver's in-memory components for tests) and reads/writes the job folder's per-pass checkpoints —
   so every worker must see the job folder and the weights folder at the same paths (a shared disk);
 * workers report steps to a small progress actor; the driver sums them into the job's one progress
@@ -34,7 +34,6 @@ from typing import Any
 
 from ..errors import Cancelled, MVP4DError
 from ..protocol import ExecutorSpec
-from .units import run_mmvdm_pass
 
 __all__ = ["RayExecutor", "import_ray"]
 
@@ -80,6 +79,7 @@ def _worker_runner(work: MMVDMWork) -> Any:
 def mmvdm_unit_task(work: MMVDMWork, tag: str, plan: list, index: int, factor: int, board: Any) -> dict[str, Any]:
     """A Ray task: one MMVDM pass (the unit) in a worker. Returns its log lines for the driver."""
     from ..events import CancelToken
+    from ..generators.mmvdm_passes import run_mmvdm_pass
 
     runner = _worker_runner(work)
     logs: list[str] = []

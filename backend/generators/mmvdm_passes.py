@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ from ..flame import FlameParams
 from ..fsutil import atomic_dir, atomic_path
 from ..jobpaths import confine
 from ..mmvdm.plan import Pass
-from ..mmvdm.sampler import _start_index, guidance_scale, mode_masks, upsample_latents
+from ..mmvdm.guidance import guidance_scale, mode_masks
+from ..mmvdm.sampler import sample, upsample_latents
+from ..mmvdm.schedule import _start_index
 
-__all__ = ["PassRunner", "pass_seed"]
+__all__ = ["PassRunner", "pass_seed", "run_mmvdm_pass"]
 
 
 def pass_seed(seed: int, pass_id: str) -> int:
@@ -117,9 +120,7 @@ class PassRunner:
         self.ref_geometry = head_geometry(flame, ref_params)
         self.progress_total, self.progress_cb, self.done = 0, None, 0
         self._ref_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        from ..executors.local import LocalExecutor
-
-        self.executor: Any = LocalExecutor()
+        self.executor: Any = None  # None: here, in plan order; else backend.executors' (e.g. Ray)
         #: what a worker elsewhere needs to build the same runner (see backend.executors.ray_executor)
         self.worker_args = dict(ring=ring, flame=flame, params=params, ref_params=ref_params, ref_camera=ref_camera,
                                 ref_image=ref_image, ref_outcrop=ref_outcrop, state_dir=state_dir, out_dir=out_dir,
@@ -240,11 +241,71 @@ class PassRunner:
 
     # -- a stage ------------------------------------------------------------------------------
     def run_stage(self, tag: str, plan: list[Pass], factor: int, output: bool) -> None:
-        """The stage's passes through the executor (local: in order here; ray: units as Ray tasks); the
-        unit itself is :func:`backend.executors.units.run_mmvdm_pass` for both."""
-        self.executor.run_mmvdm_stage(self, tag, plan, factor, output)
+        """The stage's passes: here in plan order (no executor, or the local one), or through the executor
+        (Ray: units as tasks). The unit is :func:`run_mmvdm_pass` either way."""
+        if self.executor is None:
+            self.run_stage_here(tag, plan, factor, output)
+        else:
+            self.executor.run_mmvdm_stage(self, tag, plan, factor, output)
+
+    def run_stage_here(self, tag: str, plan: list[Pass], factor: int, output: bool) -> None:
+        """The passes in plan order (an executable order: dependencies first) in this process."""
+        for p in plan:
+            done0 = self.done
+            run_mmvdm_pass(self, tag, plan, p, factor, progress=lambda d, base=done0: self._set_done(base + d))
+            if output:
+                self.finish_views(tag, p.views, factor)
 
     def _set_done(self, d: int) -> None:
         self.done = d
         if self.progress_cb is not None:
             self.progress_cb(self.done, self.progress_total)
+
+
+# ---------------------------------------------------------------------------------------------
+# the unit of work (one definition for every executor: backend/executors)
+# ---------------------------------------------------------------------------------------------
+
+
+def mmvdm_stage_sampler(settings: Any, tag: str) -> str:
+    """The sampler of a stage's passes: the preview stage and the preview sampler's refinement are joint."""
+    return "joint" if (tag == "preview" or settings.sampler == "preview") else settings.sampler
+
+
+def run_mmvdm_pass(runner: PassRunner, tag: str, plan: list[Pass], p: Pass, factor: int,
+                   progress: Any) -> bool:
+    """One unit: pass ``p`` of ``plan`` — sampled unless its checkpoint ``<state>/<pass id>.safetensors``
+    exists, checkpointed atomically, then its generated frames decoded and written. Everything it reads
+    (reference latents of its dependencies, context frames of its own views) comes from the job folder,
+    so it runs the same here or in a Ray worker on another host that sees the folder, and a unit lost
+    with its worker is simply run again.
+
+    ``progress(d)``: steps of this pass done so far (0 … ``runner.pass_steps(tag, p)``). Returns True
+    when the pass was sampled, False when its checkpoint already existed (only lost frames rewritten).
+    """
+    s = runner.s
+    path = runner.ckpt(tag, p)
+    n_steps = runner.pass_steps(tag, p)
+    if path.is_file():
+        runner.write_frames(tag, p, _load_latents(path))  # no-op unless frames were lost
+        progress(n_steps)
+        return False
+    if runner.check is not None:
+        runner.check()
+    t0 = time.time()
+    kw = runner.inputs(tag, plan, p, factor)
+    runner.g._use("transformer")
+    lat = sample(runner.g.transformer, kw.pop("latents_shape"), **kw, steps=p.steps, guidance=s.guidance,
+                 seed=pass_seed(s.seed, ("preview-" if tag == "preview" else "") + p.id),
+                 sampler=mmvdm_stage_sampler(s, tag),
+                 strength=s.refine_strength if kw["init_latents"] is not None else 1.0,
+                 progress=lambda d, _t: progress(d), check=runner.check,
+                 sub_batch=1 if s.cfg_passes == "sequential" else None, scheduler=runner.g.scheduler,
+                 device=runner.g.device)
+    own = lat[len(p.reference_views):]
+    _save_latents(path, own, {"pass": p.to_json(), "stage": tag})
+    progress(n_steps)
+    runner.log(f"MMVDM {tag} pass {p.id} (mode {p.mode}, {len(p.views)} views + {len(p.reference_views)} "
+               f"references, frames {p.frames[0]}-{p.frames[1] - 1}) took {time.time() - t0:.1f} s")
+    runner.write_frames(tag, p, own)
+    return True

@@ -9,9 +9,9 @@ from __future__ import annotations
 import bpy
 
 from .. import backend_link
-from . import ops_avatar, ops_generate, ops_rig, panels, prefs, props, runtime
+from . import ops_avatar, ops_generate, ops_rig, ops_video, panels, prefs, props, runtime
 
-_MODULES = (prefs, props, ops_rig, ops_generate, ops_avatar, panels)
+_MODULES = (prefs, props, ops_rig, ops_generate, ops_avatar, ops_video, panels)
 _registered: list = []
 
 

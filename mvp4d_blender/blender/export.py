@@ -1,4 +1,4 @@
-"""Exports of an imported avatar: 3DGS PLY of a frame, a PLY per frame, and a rigged .glb.
+"""Exports of an imported avatar: 3DGS PLY of a frame, a PLY per frame, a rigged .glb and SPZ.
 
 Everything is written in the rig's FLAME frame (glTF axes: +y up, metres), so the PLY, the glTF head
 and its splats line up with each other and with the backend's own outputs. Splat values come from the
@@ -14,13 +14,22 @@ import bpy
 import numpy as np
 
 from ..io.binding import matrix_to_quat, quat_multiply, quat_to_matrix
-from ..io.gltf import RigExport, SplatExport, write_avatar_glb
+from ..io.gltf import GlbOptions, RigExport, SplatExport, to_ply_axes, write_avatar_glb, write_spz
 from ..io.ply import Splats, write_splat_ply
-from . import avatar as avatarmod, cameras as camops, models, rig as rigmod, rig_params
+from . import avatar as avatarmod, camera_objects as camops, models, rig as rigmod, rig_params
 
 FORMATS = [("PLY", "3DGS PLY (frame)", "Gaussians of one frame as an INRIA 3DGS .ply"),
            ("PLY_SEQUENCE", "PLY per frame", "One 3DGS .ply per frame of the scene range, in a folder"),
-           ("GLB", "glTF binary (.glb)", "Head mesh with morph targets, skin and animation + KHR_gaussian_splatting")]
+           ("GLB", "glTF binary (.glb)", "Head mesh with morph targets, skin and animation + KHR_gaussian_splatting"),
+           ("SPZ", "SPZ (frame)", "Gaussians of one frame in Niantic's compressed SPZ (about 10x smaller than PLY)")]
+PROXIES = [("HIDDEN", "Hidden", "Head mesh in the file but hidden (KHR_node_visibility)"),
+           ("VISIBLE", "Visible", "Head mesh drawn (normals, non-metallic material)"),
+           ("NONE", "None", "No head mesh; the skeleton and animation drive the splats")]
+SPLAT_MODES = [("SKINNED", "Skinned", "Splats skinned to the head with per-splat morph targets"),
+               ("RIGID", "Rigid", "Splat groups parented to their dominant joint (engines that ignore skinned points)"),
+               ("STATIC", "Static", "The splats of the chosen frame, no animation")]
+PLY_AXES = [("Y_UP", "Y up", "glTF/FLAME axes: x right, y up, z toward the viewer (three.js, PlayCanvas, Blender)"),
+            ("Y_DOWN", "Y down", "3DGS/COLMAP axes: y down, z away (a half turn about x; Babylon.js flips y on PLY)")]
 
 
 def splats_at_frame(scene, obj, frame: int) -> dict[str, np.ndarray]:
@@ -35,25 +44,35 @@ def splats_at_frame(scene, obj, frame: int) -> dict[str, np.ndarray]:
             scene.frame_set(cur)
     rig = obj.get("mvp4d_rig")
     inv = np.linalg.inv(camops.rig_frame(rig))
-    to_flame = rigmod.F3.T @ inv[:3, :3]
-    s["position"] = s["position"] @ to_flame.T + rigmod.F3.T @ inv[:3, 3]
+    to_flame = rigmod.FLAME_TO_BLENDER_ROTATION.T @ inv[:3, :3]
+    s["position"] = s["position"] @ to_flame.T + rigmod.FLAME_TO_BLENDER_ROTATION.T @ inv[:3, 3]
     s["rotation"] = quat_multiply(np.broadcast_to(matrix_to_quat(to_flame), s["rotation"].shape), s["rotation"])
     return s
 
 
-def _ply_splats(s: dict) -> Splats:
+def _ply_splats(s: dict, axes: str = "Y_UP") -> Splats:
+    w = to_ply_axes({"means": s["position"], "quats": s["rotation"]}, axes.lower().replace("_", "-"))
+    s = dict(s, position=w["means"], rotation=w["quats"])
     return Splats(position=s["position"], rotation=s["rotation"], log_scale=np.log(np.maximum(s["scale"], 1e-30)),
                   opacity_logit=s["opacity_logit"], sh=s["sh"])
 
 
-def export_ply(scene, obj, path: str | Path, frame: int) -> Path:
-    return write_splat_ply(path, _ply_splats(splats_at_frame(scene, obj, frame)))
+def export_ply(scene, obj, path: str | Path, frame: int, axes: str = "Y_UP") -> Path:
+    return write_splat_ply(path, _ply_splats(splats_at_frame(scene, obj, frame), axes))
 
 
-def export_ply_sequence(scene, obj, folder: str | Path, frames: range) -> list[Path]:
+def export_ply_sequence(scene, obj, folder: str | Path, frames: range, axes: str = "Y_UP") -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_splat_ply(folder / f"{f:04d}.ply", _ply_splats(splats_at_frame(scene, obj, f))) for f in frames]
+    return [write_splat_ply(folder / f"{f:04d}.ply", _ply_splats(splats_at_frame(scene, obj, f), axes))
+            for f in frames]
+
+
+def export_spz(scene, obj, path: str | Path, frame: int) -> Path:
+    """The Gaussians of ``frame`` as SPZ (right-up-back axes, the format's own: glTF/FLAME axes)."""
+    s = splats_at_frame(scene, obj, frame)
+    return write_spz(path, s["position"], s["rotation"], np.log(np.maximum(s["scale"], 1e-30)), s["opacity_logit"],
+                     s["sh"])
 
 
 def rig_export(scene, rig) -> RigExport:
@@ -96,7 +115,8 @@ def rig_export(scene, rig) -> RigExport:
                      root_translation=seq["transl"].astype(np.float64))
 
 
-def export_glb(scene, obj, path: str | Path, frame: int) -> Path:
+def export_glb(scene, obj, path: str | Path, frame: int, proxy: str = "HIDDEN", splat_mode: str = "SKINNED") -> Path:
+    """The rigged .glb; ``frame`` is the baked frame (its fine detail, or its posed splats when static)."""
     rig = obj.get("mvp4d_rig")
     if not rigmod.is_rig(rig):
         raise ValueError("the avatar has no rig; re-import it with a rig")
@@ -105,4 +125,5 @@ def export_glb(scene, obj, path: str | Path, frame: int) -> Path:
                          opacity=1.0 / (1.0 + np.exp(-s["opacity_logit"].astype(np.float64))), sh=s["sh"],
                          parent_face=s["parent_face"], local_position=s["local_position"],
                          local_rotation=s["local_rotation"], local_log_scale=s["log_scale"])
-    return write_avatar_glb(path, rig_export(scene, rig), splats)
+    return write_avatar_glb(path, rig_export(scene, rig), splats,
+                            GlbOptions(proxy=proxy.lower(), splats=splat_mode.lower()))

@@ -8,6 +8,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
+from .. import backend_link
 from ..io.bundle import BundleError
 from . import avatar as avatarmod, export, jobspec, render
 
@@ -51,12 +52,16 @@ def _avatar(context, name: str):
 
 
 class MVP4D_OT_export_avatar(bpy.types.Operator, ExportHelper):
-    """Export the avatar: 3DGS PLY of a frame, a PLY per frame, or a rigged glTF with splats"""
+    """Export the avatar: 3DGS PLY of a frame, a PLY per frame, a rigged glTF with splats, or SPZ"""
 
     bl_idname = "mvp4d.export_avatar"
     bl_label = "Export avatar"
     filename_ext = ""
     format: EnumProperty(name="Format", items=export.FORMATS, default="PLY")
+    head_proxy: EnumProperty(name="Head mesh", items=export.PROXIES, default="HIDDEN", description="glTF: the head mesh")
+    splat_mode: EnumProperty(name="Splats", items=export.SPLAT_MODES, default="SKINNED",
+                             description="glTF: how the splats follow the head")
+    ply_axes: EnumProperty(name="PLY axes", items=export.PLY_AXES, default="Y_UP", description="PLY orientation")
     frame: IntProperty(name="Frame", default=1, description="Frame to export (unset: the current one)")
     avatar: StringProperty(name="Avatar", description="Avatar object (empty: active or last imported)")
     check_extension = None
@@ -69,7 +74,7 @@ class MVP4D_OT_export_avatar(bpy.types.Operator, ExportHelper):
         return True
 
     def invoke(self, context, event):
-        self.filepath = {"PLY": "avatar.ply", "GLB": "avatar.glb"}.get(self.format, "avatar_frames")
+        self.filepath = {"PLY": "avatar.ply", "GLB": "avatar.glb", "SPZ": "avatar.spz"}.get(self.format, "avatar_frames")
         return super().invoke(context, event)
 
     def execute(self, context):
@@ -82,16 +87,18 @@ class MVP4D_OT_export_avatar(bpy.types.Operator, ExportHelper):
         path = Path(bpy.path.abspath(self.filepath))
         try:
             if self.format == "PLY":
-                out = export.export_ply(scene, obj, path.with_suffix(".ply"), frame)
+                out = export.export_ply(scene, obj, path.with_suffix(".ply"), frame, self.ply_axes)
             elif self.format == "GLB":
-                out = export.export_glb(scene, obj, path.with_suffix(".glb"), frame)
+                out = export.export_glb(scene, obj, path.with_suffix(".glb"), frame, self.head_proxy, self.splat_mode)
+            elif self.format == "SPZ":
+                out = export.export_spz(scene, obj, path.with_suffix(".spz"), frame)
             else:
                 out = path.with_suffix("")
-                export.export_ply_sequence(scene, obj, out, range(scene.frame_start, scene.frame_end + 1))
+                export.export_ply_sequence(scene, obj, out, range(scene.frame_start, scene.frame_end + 1), self.ply_axes)
         except OSError as e:  # name the file the user chose, never the temporary one written first
             self.report({"ERROR"}, f"Export to {path} failed: {e.strerror or e}")
             return {"CANCELLED"}
-        except ValueError as e:
+        except (ValueError, backend_link.errors().MVP4DError) as e:  # the backend's: e.g. SPZ out of range
             self.report({"ERROR"}, f"Export to {path} failed: {e}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Exported {out}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import bpy
 
 from ..io.estimates import describe
-from . import avatar as avatarmod, cameras as camops, common, rig as rigmod, runtime
+from . import avatar as avatarmod, camera_objects as camops, common, rig as rigmod, runtime
 from .compat import draw_modifier_input
 
 
@@ -107,6 +107,8 @@ class MVP4D_PT_animation(_Panel, bpy.types.Panel):
         row.prop(m, "frame_end")
         _button(layout, "mvp4d.import_sequence", None if rigmod.is_rig(m.rig) else "Add or pick a FLAME rig first",
                 icon="ANIM")
+        _button(layout, "mvp4d.animation_from_video",
+                None if rigmod.is_rig(m.rig) else "Add or pick a FLAME rig first", icon="FILE_MOVIE")
 
 
 def generate_blocker(context) -> str | None:
@@ -191,7 +193,7 @@ class MVP4D_PT_avatar(_Panel, bpy.types.Panel):
                     draw_modifier_input(col, mod, item, item.name)
         col = layout.column(align=True)
         for fmt, label in (("PLY", "Export PLY (frame)"), ("PLY_SEQUENCE", "Export PLY per frame"),
-                           ("GLB", "Export glTF (.glb)")):
+                           ("GLB", "Export glTF (.glb)"), ("SPZ", "Export SPZ (frame)")):
             op = col.operator("mvp4d.export_avatar", text=label, icon="EXPORT")
             op.format, op.avatar = fmt, obj.name
 

@@ -14,6 +14,17 @@ import pytest
 from .conftest import ADDON, REPO
 
 VALIDATOR = REPO / "tools" / "validate_gltf.js"
+# Blender 5's glTF importer makes KHR_gaussian_splatting primitives PointCloud objects and then fails on
+# their skin (no armature modifier on a point cloud) and morph targets (no shape keys): an importer
+# limitation, not an invalid file (the Khronos validator accepts it; Blender 4.5 imports it).
+BLENDER5_SPLAT_IMPORT_BUG = bpy.app.version >= (5, 0, 0)
+
+
+def _blender5_refuses_skinned_splats(path) -> None:
+    """Pin the importer limitation above: when Blender fixes it this fails, and the workaround can go."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    with pytest.raises(RuntimeError, match="shape_keys|object"):
+        bpy.ops.import_scene.gltf(filepath=str(path))
 
 
 @pytest.fixture
@@ -48,7 +59,7 @@ def test_ply_per_frame(scene, avatar, tmp_path):
 
 @pytest.mark.skipif(shutil.which("node") is None or not (REPO / "tools" / "node_modules" / "gltf-validator").is_dir(),
                     reason="node + gltf-validator are installed by `make test` (tools/node_modules)")
-def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, tmp_path):
+def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, toy_bundle, tmp_path):
     path = tmp_path / "avatar.glb"
     assert bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(path)) == {"FINISHED"}
     out = subprocess.run(["node", str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=120)
@@ -59,6 +70,13 @@ def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, tmp_path)
     info = report["report"]["info"]
     assert info["animationCount"] == 1 and info["totalVertexCount"] >= 4912 + 9812
     # and it comes back into Blender with the morph targets and the animation
+    if BLENDER5_SPLAT_IMPORT_BUG:
+        _blender5_refuses_skinned_splats(path)
+        path = tmp_path / "avatar_rigid.glb"  # the head and its animation, with splats Blender 5 can import
+        bpy.ops.wm.read_homefile(use_empty=True)
+        bpy.ops.mvp4d.add_rig(source="TOY")
+        bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle))
+        assert bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(path), splat_mode="RIGID") == {"FINISHED"}
     bpy.ops.wm.read_homefile(use_empty=True)
     bpy.ops.import_scene.gltf(filepath=str(path))
     heads = [o for o in bpy.data.objects if o.type == "MESH" and o.data.shape_keys is not None]
@@ -67,3 +85,63 @@ def test_glb_passes_the_khronos_validator_and_reimports(scene, avatar, tmp_path)
     assert "smile" in names and "jaw_open" in names and len(names) == 13
     assert len(bpy.data.actions) >= 1
     assert any(o.type == "ARMATURE" for o in bpy.data.objects)
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (REPO / "tools" / "node_modules" / "gltf-validator").is_dir(),
+                    reason="node + gltf-validator are installed by `make test` (tools/node_modules)")
+@pytest.mark.parametrize("proxy,splats", [("VISIBLE", "RIGID"), ("NONE", "STATIC")])
+def test_glb_options_validate_and_reimport(scene, avatar, tmp_path, proxy, splats):
+    path = tmp_path / "avatar.glb"
+    assert bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(path), head_proxy=proxy,
+                                       splat_mode=splats) == {"FINISHED"}
+    out = subprocess.run(["node", str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[:3000]
+    doc = json.loads(path.read_bytes()[20:20 + int.from_bytes(path.read_bytes()[12:16], "little")])
+    names = [n["name"] for n in doc["nodes"]]
+    assert ("head" in names) == (proxy == "VISIBLE")
+    assert ("splats_jaw" in names) == (splats == "RIGID") and ("splats" in names) == (splats == "STATIC")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert bpy.ops.import_scene.gltf(filepath=str(path)) == {"FINISHED"}
+    assert any(o.type == "ARMATURE" for o in bpy.data.objects)
+
+
+def test_skinned_glb_splats_carry_the_skin_and_morphs(scene, avatar, tmp_path):
+    path = tmp_path / "avatar.glb"
+    assert bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(path)) == {"FINISHED"}
+    gl = import_module(f"{ADDON}.io.gltf")
+    doc, blob = gl.read_glb(path)
+    node = next(n for n in doc["nodes"] if n["name"] == "splats")
+    prim = doc["meshes"][node["mesh"]]["primitives"][0]
+    assert node["skin"] == 0 and {"JOINTS_0", "WEIGHTS_0", "COLOR_0"} <= set(prim["attributes"])
+    names = doc["meshes"][node["mesh"]]["extras"]["targetNames"]
+    jaw = gl.read_accessor(doc, blob, prim["targets"][names.index("jaw_open")]["POSITION"])
+    assert np.linalg.norm(jaw, axis=1).max() > 1e-3  # the jaw blendshape moves the mouth's splats
+    if BLENDER5_SPLAT_IMPORT_BUG:
+        _blender5_refuses_skinned_splats(path)
+        return
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert bpy.ops.import_scene.gltf(filepath=str(path)) == {"FINISHED"}
+
+
+def test_spz_of_a_frame(scene, avatar, tmp_path):
+    import gzip
+
+    frame = scene.frame_start + 2
+    assert bpy.ops.mvp4d.export_avatar(format="SPZ", filepath=str(tmp_path / "a.spz"), frame=frame) == {"FINISHED"}
+    raw = gzip.decompress((tmp_path / "a.spz").read_bytes())
+    n = int.from_bytes(raw[8:12], "little")
+    s = import_module(f"{ADDON}.blender.export").splats_at_frame(scene, avatar, frame)
+    assert raw[:4] == b"NGSP" and raw[4] == 2 and n == len(s["position"])
+    b = np.frombuffer(raw[16:16 + 9 * n], np.uint8).reshape(n, 3, 3).astype(np.int64)
+    fixed = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    pos = np.where(fixed >= 1 << 23, fixed - (1 << 24), fixed) / 4096.0
+    assert np.abs(pos - s["position"]).max() < 1e-3
+
+
+def test_ply_y_down_option(scene, avatar, tmp_path):
+    assert bpy.ops.mvp4d.export_avatar(format="PLY", filepath=str(tmp_path / "a.ply"), frame=scene.frame_start,
+                                       ply_axes="Y_DOWN") == {"FINISHED"}
+    ply = import_module(f"{ADDON}.io.ply").read_splat_ply(tmp_path / "a.ply")
+    s = import_module(f"{ADDON}.blender.export").splats_at_frame(scene, avatar, scene.frame_start)
+    np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), s["position"] * [1, -1, -1], atol=1e-6)
+    assert ply["y"].min() < -0.1  # the top of the head is at -y
