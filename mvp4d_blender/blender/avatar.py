@@ -21,7 +21,6 @@ from . import models, nodes, render, rig as rigmod, rig_params
 
 AVATAR_PROP = "mvp4d_avatar"
 SH_C0 = 0.28209479177387814
-Q_F2B = matrix_to_quat(FLAME_TO_BLENDER[:3, :3])  # rotation FLAME -> Blender axes (wxyz)
 Q_B2F = matrix_to_quat(FLAME_TO_BLENDER[:3, :3].T)
 
 
