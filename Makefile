@@ -66,10 +66,10 @@ test-blender: $(STAMP) $(BSTAMP) $(BSTAMP5) $(NODE_STAMP)
 	$(BPY5) -m pytest -q tests/blender
 
 # the main job on the embedded default: the backend's job in out/demo (contact sheet, avatar, PLYs),
-# then the same in Blender through the add-on (out/demo/blender: .blend, render, .glb, .ply)
+# then its avatar in Blender through the add-on (out/demo/blender: .blend, render, .glb, .ply)
 demo: $(STAMP) $(BSTAMP)
 	$(PY) -m backend demo --out out/demo
-	$(BPY) tools/blender_demo.py --out out/demo/blender
+	$(BPY) tools/blender_demo.py --out out/demo/blender --avatar out/demo/outputs/avatar.safetensors
 
 # the embedded default end to end in Blender: out/demo/blender/{avatar.blend,render.png,avatar.glb,avatar.ply}
 demo-blender: $(STAMP) $(BSTAMP)
