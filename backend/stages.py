@@ -1,4 +1,6 @@
-"""The job's stages: ``track`` (reference photo → FLAME + camera) and ``corpus`` (multi-view videos).
+"""The job's stages in order (:data:`STAGES`): ``track``, ``corpus`` here; ``fit``, ``export`` in :mod:`.avatar.stage`.
+
+``track`` fits FLAME and the camera to the reference photo; ``corpus`` makes the multi-view videos.
 
 Each stage reads the spec and the previous stages' folders, writes its own ``stages/<name>/`` and
 returns its outputs; :mod:`backend.jobs` runs them, skips finished ones and reports events.
