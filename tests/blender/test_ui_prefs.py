@@ -10,7 +10,7 @@ import bpy
 import numpy as np
 import pytest
 
-from .conftest import ADDON, BACKEND_PYTHON, prefs, set_backend
+from .conftest import ADDON, BACKEND_PYTHON, backend_run, prefs, set_backend
 
 
 def test_sidebar_tab_in_order(addon):
@@ -277,3 +277,20 @@ def test_unexpected_finisher_errors_are_internal_with_a_log(addon, tmp_path):
     assert err.code == "INTERNAL" and str(log) in err.hint and "KeyError" in log.read_text()
     user = runtime.finisher_error(avatar.AvatarImportError("the rig has another topology"), tmp_path)
     assert user.code == "BAD_INPUT" and "topology" in user.message
+
+
+def test_vram_texts_say_what_the_backend_does(addon):
+    presets = json.loads(backend_run(
+        "import json; from backend.generators.mmvdm import VRAM_PRESETS as M; "
+        "from backend.generators.cap4d import CAP4D_VRAM as C; print(json.dumps({'m': M, 'c': C}))"))
+    items = {i.identifier: i.description for i in type(prefs()).bl_rna.properties["vram_preset"].enum_items}
+    assert set(items) == {"LOW", "MEDIUM", "HIGH"}
+    for mode, text in items.items():
+        m, c = presets["m"][mode.lower()], presets["c"][mode.lower()]
+        assert ("VAE tiled" in text) == (m["vae_tiling"] or c["vae_tiling"]), mode
+        assert ("weights offloaded" in text) == (m["offload"] != "none"), mode
+        assert ("CFG passes batched" in text) == (m["cfg_passes"] == "batched"), mode
+        assert ("CFG passes one after another" in text) == (m["cfg_passes"] == "sequential" and not m["vae_tiling"])
+        assert ("CFG halves in separate calls" in text) == (not c["cfg_batched"]), mode
+        if mode != "LOW":  # LOW's CAP4D text names its CFG split instead (one group, as in MEDIUM)
+            assert {1: "one view group", 4: "four view groups"}[c["groups_per_batch"]] in text, mode
