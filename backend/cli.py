@@ -142,7 +142,7 @@ DELEGATES: dict[str, dict[str, str]] = {
                 "convert": "backend.cap4d.weights_cli", "fixture": "backend.cap4d.weights_cli"},
     "export": {"": "backend.avatar.export"},
     "render": {"": "backend.avatar.render_cli"},
-    "train": {"": "backend.training.trainer"},
+    "train": {"": "backend.training.train_cli"},
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
     "gpu-check": {"": "backend.gpucheck.runner"},

@@ -53,9 +53,17 @@ class MVP4DError(Exception):
         return f"[{self.code}] {self.message} (hint: {self.hint})"
 
 
-def bad_input(message: str, hint: str | None = None) -> MVP4DError:
-    """Shorthand for the most common error."""
-    return MVP4DError("BAD_INPUT", message, hint)
+#: The hint of a bad field of the job spec (``job.json``), wherever it is checked.
+SPEC_FIELD_HINT = "Fix that field of the job spec (job.json) and run again."
+
+
+def bad_input(message: str, hint: str | None = None, *, where: str | None = None) -> MVP4DError:
+    """The most common error, ``BAD_INPUT``: the one helper every module raises it with.
+
+    ``where`` names what is at fault (a spec field, a file, a config) and leads the message:
+    ``bad_input("must be a positive number", SPEC_FIELD_HINT, where="job.json: cameras.resolution")``.
+    Without ``hint`` the code's default hint is used."""
+    return MVP4DError("BAD_INPUT", message if where is None else f"{where} {message}", hint)
 
 
 class Cancelled(MVP4DError):

@@ -28,7 +28,7 @@ import stat
 import unicodedata
 from pathlib import Path
 
-from .errors import MVP4DError
+from .errors import SPEC_FIELD_HINT, MVP4DError, bad_input
 
 MAX_NAME_BYTES = 128
 _FORBIDDEN = set('/\\:<>"|?*')
@@ -36,11 +36,6 @@ _BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, format,
 _DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"} | {
     f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789\u00b9\u00b2\u00b3"
 }
-_HINT = "Fix that field of the job spec (job.json) and run again."
-
-
-def _fail(where: str, what: str, hint: str = _HINT) -> MVP4DError:
-    return MVP4DError("BAD_INPUT", f"{where} {what}", hint)
 
 
 def name_problem(name: object) -> str | None:
@@ -69,7 +64,7 @@ def check_name(name: object, where: str = "name") -> str:
     """``name`` if it is one safe path component (see the module docstring), else ``BAD_INPUT``."""
     problem = name_problem(name)
     if problem is not None:
-        raise _fail(where, problem)
+        raise bad_input(problem, SPEC_FIELD_HINT, where=where)
     return name  # type: ignore[return-value]
 
 
@@ -92,15 +87,15 @@ def safe_name(name: str, fallback: str = "camera") -> str:
 def split_rel(rel: object, where: str = "path") -> list[str]:
     """The components of a ``/``-separated relative path, each a safe name; ``BAD_INPUT`` otherwise."""
     if not isinstance(rel, str) or not rel:
-        raise _fail(where, "must be a non-empty string")
+        raise bad_input("must be a non-empty string", SPEC_FIELD_HINT, where=where)
     if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel) or os.path.isabs(rel):
-        raise _fail(where, f"must be relative to the job folder (got {rel!r})")
+        raise bad_input(f"must be relative to the job folder (got {rel!r})", SPEC_FIELD_HINT, where=where)
     parts = rel.split("/")
     if any(p in ("..", ".") for p in parts):
-        raise _fail(where, f"may not leave the job folder (got {rel!r})")
+        raise bad_input(f"may not leave the job folder (got {rel!r})", SPEC_FIELD_HINT, where=where)
     for p in parts:
         if p == "":
-            raise _fail(where, f"has an empty component (got {rel!r})")
+            raise bad_input(f"has an empty component (got {rel!r})", SPEC_FIELD_HINT, where=where)
         check_name(p, where)
     return parts
 
@@ -127,15 +122,15 @@ def confine(root: str | os.PathLike, rel: str = "", *names: str, where: str = "p
             if p.is_symlink():
                 target = p.resolve()
                 if not is_inside(target, base):
-                    raise _fail(where, f"may not leave the job folder: {p} is a symbolic link to {target}",
-                                "Remove the link (the backend writes only inside the job folder).")
+                    raise bad_input(f"may not leave the job folder: {p} is a symbolic link to {target}",
+                                    "Remove the link (the backend writes only inside the job folder).", where=where)
         full = p.resolve()
     except (RuntimeError, OSError) as e:  # symlink loop, name too long for this filesystem, ...
-        raise _fail(where, f"cannot be resolved inside {root}: {e}",
-                    "Remove the symbolic link loop or shorten the path.") from e
+        raise bad_input(f"cannot be resolved inside {root}: {e}", "Remove the symbolic link loop or shorten the path.",
+                        where=where) from e
     if not is_inside(full, base):
-        raise _fail(where, f"may not leave the job folder (resolves to {full})",
-                    "Remove the link (the backend writes only inside the job folder).")
+        raise bad_input(f"may not leave the job folder (resolves to {full})",
+                        "Remove the link (the backend writes only inside the job folder).", where=where)
     return p
 
 
@@ -154,8 +149,8 @@ def check_own_file(path: Path, where: str) -> Path:
                          f"Remove {path} (the backend makes a new one).")
     links = st.st_nlink
     if links > 1:
-        raise _fail(where, f"has {links - 1} other hard link(s); the backend writes only its own files",
-                    f"Delete {path} (the backend makes a new one).")
+        raise bad_input(f"has {links - 1} other hard link(s); the backend writes only its own files",
+                        f"Delete {path} (the backend makes a new one).", where=where)
     return path
 
 
@@ -177,15 +172,17 @@ def check_tree(root: str | os.PathLike) -> None:
                     try:
                         target = Path(entry.path).resolve()
                     except (RuntimeError, OSError) as e:
-                        raise _fail(rel, f"cannot be resolved ({e})", "Remove the symbolic link loop.") from e
+                        raise bad_input(f"cannot be resolved ({e})", "Remove the symbolic link loop.", where=rel) from e
                     if not is_inside(target, base):
-                        raise _fail(rel, f"may not leave the job folder: it is a symbolic link to {target}",
-                                    "Remove the link (the backend reads and writes only inside the job folder).")
+                        raise bad_input(f"may not leave the job folder: it is a symbolic link to {target}",
+                                        "Remove the link (the backend reads and writes only inside the job folder).",
+                                        where=rel)
                 elif entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
                 elif not entry.is_file(follow_symlinks=False):  # a FIFO would hang a read or write forever
-                    raise _fail(os.path.relpath(entry.path, base), "is not a regular file or folder (a pipe, "
-                                "socket or device)", "Remove it: a job folder holds only files and folders.")
+                    raise bad_input("is not a regular file or folder (a pipe, "
+                                "socket or device)", "Remove it: a job folder holds only files and folders.",
+                                    where=os.path.relpath(entry.path, base))
 
 
 __all__ = ["MAX_NAME_BYTES", "name_problem", "check_name", "name_key", "safe_name", "split_rel", "confine",

@@ -18,8 +18,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,43 +30,7 @@ from .joblock import LOCK_NAME, JobLock
 from .jobpaths import check_own_file, check_tree, confine
 from .preflight import check_animation_source, check_job
 from .protocol import JOB_STAGES, InputsSpec, JobSpec
-
-
-@dataclass
-class StageContext:
-    """What a stage gets: the job, where to write, how to report, when to stop."""
-
-    job_dir: Path
-    spec: JobSpec
-    sink: EventSink
-    cancel: CancelToken
-    stage: str
-    cache: dict[str, Any] = field(default_factory=dict)  # shared between stages of one run
-
-    @property
-    def stage_dir(self) -> Path:
-        return stage_dir(self.job_dir, self.stage)
-
-    def path(self, rel: str, *names: str, where: str | None = None) -> Path:
-        """``job_dir/rel/names...`` through the confinement (:func:`backend.jobpaths.confine`)."""
-        return confine(self.job_dir, rel, *names, where=where or "/".join((rel, *names)))
-
-    def progress(self, done: int, total: int) -> None:
-        self.sink.progress(self.stage, done, total)
-
-    def warn(self, message: str) -> None:
-        self.sink.warning(message, stage=self.stage)
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    run: Callable[[StageContext], dict[str, str]]  # returns outputs: name -> job-relative path
-
-
-def stage_dir(job_dir: Path, name: str) -> Path:
-    """``stages/<name>`` of the job, confined (a link that leaves the job is refused)."""
-    return confine(job_dir, "stages", name, where=f"stages/{name}")
+from .stage_context import Stage, StageContext, stage_dir
 
 
 def done_file(job_dir: Path, name: str) -> Path:
@@ -81,7 +44,7 @@ def stage_done(job_dir: Path, name: str) -> bool:
 
 def _default_stages() -> list[Stage]:
     # Imported lazily so `import backend.jobs` stays light (the add-on never imports it, but tools do).
-    from .stages import STAGES
+    from .job_stages import STAGES
 
     return list(STAGES)
 
@@ -247,3 +210,4 @@ def _clear_cancel_request(job_dir: Path) -> None:
             p.rmdir()
         except OSError as e:
             raise bad_input(f"{p} is a folder that is not empty", "Remove it: a 'cancel' entry stops the job.") from e
+

@@ -51,9 +51,7 @@ _FIELD = {name: name.split(".")[-1] for name in TENSOR_SPECS}
 assert len(set(_FIELD.values())) == len(_FIELD), "bundle tensor names must end uniquely"
 
 
-def _bad(message: str, hint: str | None = None) -> MVP4DError:
-    """:func:`~backend.errors.bad_input` with the bundle's default hint."""
-    return bad_input(message, hint or "Re-export the avatar bundle with the MVP4D backend.")
+_HINT = "Re-export the avatar bundle with the MVP4D backend."
 
 
 @dataclass(eq=False)
@@ -110,7 +108,7 @@ class AvatarBundle:
         by_field = {(_FIELD.get(k, k)): v for k, v in arrays.items()}
         unknown = sorted(set(by_field) - set(_FIELD.values()))
         if unknown:
-            raise _bad(f"avatar bundle: unknown array {unknown[0]!r}")
+            raise bad_input(f"avatar bundle: unknown array {unknown[0]!r}", _HINT)
         kw: dict[str, Any] = {}
         for name, (_, dtype) in TENSOR_SPECS.items():
             v = by_field.get(_FIELD[name])
@@ -124,7 +122,7 @@ class AvatarBundle:
             meta["num_frames"] = int(kw["vertices"].shape[0])
         missing = [f for f in _FIELD.values() if f not in kw and f != "detail_offsets"]
         if missing:
-            raise _bad(f"avatar bundle: array {missing[0]!r} is missing")
+            raise bad_input(f"avatar bundle: array {missing[0]!r} is missing", _HINT)
         bundle = cls(**kw, metadata=meta)
         bundle.validate()
         return bundle
@@ -149,67 +147,68 @@ class AvatarBundle:
             if a is None:
                 if name in BUNDLE_OPTIONAL:
                     continue
-                raise _bad(f"{where}: tensor {name!r} is missing")
+                raise bad_input(f"{where}: tensor {name!r} is missing", _HINT)
             if not isinstance(a, np.ndarray):
-                raise _bad(f"{where}: tensor {name!r} must be a numpy array, got {type(a).__name__}")
+                raise bad_input(f"{where}: tensor {name!r} must be a numpy array, got {type(a).__name__}", _HINT)
             if a.dtype != dtype:
-                raise _bad(f"{where}: tensor {name!r} must be {dtype}, got {a.dtype}")
+                raise bad_input(f"{where}: tensor {name!r} must be {dtype}, got {a.dtype}", _HINT)
             if a.ndim != len(dims):
-                raise _bad(f"{where}: tensor {name!r} must have shape ({', '.join(dims)}), got {a.shape}")
+                raise bad_input(f"{where}: tensor {name!r} must have shape ({', '.join(dims)}), got {a.shape}", _HINT)
             for sym, n in zip(dims, a.shape):
                 if sym.isdigit():
                     if n != int(sym):
-                        raise _bad(f"{where}: tensor {name!r} must have shape ({', '.join(dims)}), got {a.shape}")
+                        raise bad_input(f"{where}: tensor {name!r} must have shape ({', '.join(dims)}), got {a.shape}",
+                                        _HINT)
                 elif sizes.setdefault(sym, n) != n:
-                    raise _bad(f"{where}: tensor {name!r} has {sym} = {n} but {first[sym]!r} has {sym} = {sizes[sym]}")
+                    raise bad_input(f"{where}: tensor {name!r} has {sym} = {n} but {first[sym]!r} has {sym} = {sizes[sym]}", _HINT)
                 else:
                     first.setdefault(sym, name)
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                raise _bad(f"{where}: tensor {name!r} contains NaN or infinite values")
+                raise bad_input(f"{where}: tensor {name!r} contains NaN or infinite values", _HINT)
         N, F, V, T, K = (sizes[s] for s in ("N", "F", "V", "T", "K"))
         if min(N, F, V, T) < 1:
-            raise _bad(f"{where}: needs at least one Gaussian, face, vertex and frame (N={N}, F={F}, V={V}, T={T})")
+            raise bad_input(f"{where}: needs at least one Gaussian, face, vertex and frame (N={N}, F={F}, V={V}, T={T})", _HINT)
         if math.isqrt(K) ** 2 != K or K > 25:
-            raise _bad(f"{where}: tensor 'gaussians.sh' has K = {K} coefficients; K must be (degree + 1)^2, degree <= 4")
+            raise bad_input(f"{where}: tensor 'gaussians.sh' has K = {K} coefficients; K must be (degree + 1)^2, degree <= 4", _HINT)
         if self.parent_face.min() < 0 or self.parent_face.max() >= F:
-            raise _bad(f"{where}: tensor 'gaussians.parent_face' must index the {F} faces, "
-                       f"found {int(self.parent_face.min())}..{int(self.parent_face.max())}")
+            raise bad_input(f"{where}: tensor 'gaussians.parent_face' must index the {F} faces, "
+                       f"found {int(self.parent_face.min())}..{int(self.parent_face.max())}", _HINT)
         if self.faces.min() < 0 or self.faces.max() >= V:
-            raise _bad(f"{where}: tensor 'mesh.faces' must index the {V} vertices, "
-                       f"found {int(self.faces.min())}..{int(self.faces.max())}")
+            raise bad_input(f"{where}: tensor 'mesh.faces' must index the {V} vertices, "
+                       f"found {int(self.faces.min())}..{int(self.faces.max())}", _HINT)
         if self.metadata["num_frames"] != T:
-            raise _bad(f"{where}: metadata num_frames = {self.metadata['num_frames']} but "
-                       f"'animation.vertices' has {T} frames")
+            raise bad_input(f"{where}: metadata num_frames = {self.metadata['num_frames']} but "
+                       f"'animation.vertices' has {T} frames", _HINT)
 
 
 def _check_metadata(meta: Mapping[str, Any], where: str) -> None:
     if not isinstance(meta, Mapping):
-        raise _bad(f"{where}: metadata must be a mapping")
+        raise bad_input(f"{where}: metadata must be a mapping", _HINT)
     v = meta.get("schema_version")
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise _bad(f"{where}: metadata schema_version must be a positive integer, got {v!r}")
+        raise bad_input(f"{where}: metadata schema_version must be a positive integer, got {v!r}", _HINT)
     if v > BUNDLE_SCHEMA_VERSION:
-        raise _bad(f"{where}: schema_version {v} is newer than this version reads ({BUNDLE_SCHEMA_VERSION})",
-                   "Update the MVP4D add-on and backend to open this avatar.")
+        raise bad_input(f"{where}: schema_version {v} is newer than this version reads ({BUNDLE_SCHEMA_VERSION})",
+                        "Update the MVP4D add-on and backend to open this avatar.")
     for key in BUNDLE_METADATA_KEYS:
         if key not in meta:
-            raise _bad(f"{where}: metadata key {key!r} is missing")
+            raise bad_input(f"{where}: metadata key {key!r} is missing", _HINT)
     unknown = sorted(set(meta) - set(BUNDLE_METADATA_KEYS))
     if unknown:
-        raise _bad(f"{where}: metadata key {unknown[0]!r} is not part of schema {BUNDLE_SCHEMA_VERSION}")
+        raise bad_input(f"{where}: metadata key {unknown[0]!r} is not part of schema {BUNDLE_SCHEMA_VERSION}", _HINT)
     fps = meta["fps"]
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-        raise _bad(f"{where}: metadata fps must be a positive number, got {fps!r}")
+        raise bad_input(f"{where}: metadata fps must be a positive number, got {fps!r}", _HINT)
     nf = meta["num_frames"]
     if isinstance(nf, bool) or not isinstance(nf, int) or nf < 1:
-        raise _bad(f"{where}: metadata num_frames must be a positive integer, got {nf!r}")
+        raise bad_input(f"{where}: metadata num_frames must be a positive integer, got {nf!r}", _HINT)
     if not isinstance(meta["flame_model_id"], str):
-        raise _bad(f"{where}: metadata flame_model_id must be a string")
+        raise bad_input(f"{where}: metadata flame_model_id must be a string", _HINT)
     for key in BUNDLE_METADATA_KEYS:
         try:
             json.dumps(meta[key], allow_nan=False)
         except (TypeError, ValueError) as e:
-            raise _bad(f"{where}: metadata {key!r} is not JSON-serialisable ({e})") from e
+            raise bad_input(f"{where}: metadata {key!r} is not JSON-serialisable ({e})", _HINT) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,20 +244,20 @@ def _header_metadata(data: bytes, where: str) -> dict[str, str]:
     try:
         (n,) = struct.unpack("<Q", data[:8])
     except struct.error as e:
-        raise _bad(_not_a_bundle(where, data)) from e
+        raise bad_input(_not_a_bundle(where, data), _HINT) from e
     if n > len(data) - 8:
-        raise _bad(_not_a_bundle(where, data))
+        raise bad_input(_not_a_bundle(where, data), _HINT)
     try:  # bounded nesting: a header of 100 000 brackets is refused, not a RecursionError
         header = parse_json(data[8:8 + n], "its header", max_depth=_MAX_HEADER_DEPTH)
     except MVP4DError as e:
         kind = _sniff(data)  # the decoder's own words mean nothing to an artist: say what the file is
-        raise _bad(f"{where} is not an avatar bundle (it is {kind})" if kind
-                   else f"{where} is not a safetensors file ({e.message})") from None
+        raise bad_input(f"{where} is not an avatar bundle (it is {kind})" if kind
+                   else f"{where} is not a safetensors file ({e.message})", _HINT) from None
     if not isinstance(header, dict):
-        raise _bad(f"{where} is not a safetensors file (its header is not a JSON object)")
+        raise bad_input(f"{where} is not a safetensors file (its header is not a JSON object)", _HINT)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
-        raise _bad(f"{where} has malformed safetensors metadata")
+        raise bad_input(f"{where} has malformed safetensors metadata", _HINT)
     return meta
 
 
@@ -269,25 +268,25 @@ def read_bundle(path: str | os.PathLike) -> AvatarBundle:
     path = Path(path)
     where = f"avatar bundle {path.name}"
     if not path.is_file():
-        raise _bad(f"no avatar bundle at {path}", "Check the path, or generate the avatar first.")
+        raise bad_input(f"no avatar bundle at {path}", "Check the path, or generate the avatar first.")
     data = path.read_bytes()
     raw_meta = _header_metadata(data, where)
     meta: dict[str, Any] = {}
     for key, text in raw_meta.items():
         if not isinstance(text, str):
-            raise _bad(f"{where}: metadata {key!r} is not a string")
+            raise bad_input(f"{where}: metadata {key!r} is not a string", _HINT)
         try:
             meta[key] = parse_json(text, f"{where}: metadata {key!r}", max_depth=_MAX_HEADER_DEPTH)
         except MVP4DError as e:
-            raise _bad(e.message) from None
+            raise bad_input(e.message, _HINT) from None
     _check_metadata(meta, where)  # schema first: a newer bundle may have other tensors
     try:
         arrays = load(data)
     except Exception as e:  # safetensors raises its own SafetensorError
-        raise _bad(f"{where} is not a readable safetensors file ({e})") from e
+        raise bad_input(f"{where} is not a readable safetensors file ({e})", _HINT) from e
     unknown = sorted(set(arrays) - set(TENSOR_SPECS))
     if unknown:
-        raise _bad(f"{where}: tensor {unknown[0]!r} is not part of schema {BUNDLE_SCHEMA_VERSION}")
+        raise bad_input(f"{where}: tensor {unknown[0]!r} is not part of schema {BUNDLE_SCHEMA_VERSION}", _HINT)
     kw = {f.name: None for f in fields(AvatarBundle) if f.name != "metadata"}
     for name, a in arrays.items():
         kw[_FIELD[name]] = np.array(a, copy=True)  # own the memory (no view of the file's bytes)

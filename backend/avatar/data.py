@@ -1,6 +1,6 @@
 """What the fit reads and how it starts: the corpus, visible triangles, initial colours.
 
-:func:`load_corpus` reads ``stages/corpus/`` (layout in :mod:`backend.stages`) and checks it
+:func:`load_corpus` reads ``stages/corpus/`` (layout in :mod:`backend.job_stages`) and checks it
 (``BAD_INPUT`` naming the view and frame of a missing image, a wrong image size, a camera that sees
 nothing of the head). :func:`facing_faces` is the paper's back-face culling at initialisation
 (triangles that never face any ring camera in any frame get no Gaussian). :func:`face_colors` gives

@@ -43,7 +43,7 @@ from ..errors import Cancelled, MVP4DError
 from ..flame.lbs import Flame, FlameParams
 from ..render.gaussians import rasterize, rgb_to_sh
 from ..threads import torch_threads
-from . import losses as L
+from . import losses
 from .checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from .data import check_cameras_see_head, face_colors, face_normals, facing_faces, load_corpus, train_frame_list
 from .densify import DensifyState, GaussianStore, refine
@@ -145,9 +145,9 @@ class AvatarFitter:
             self.unet = DeformUNet(settings.unet_resolution, settings.unet_channels, settings.unet_depth, self.T,
                                    scale=settings.deform_scale).to(self.device)
         self.unet_opt = torch.optim.Adam(self.unet.parameters(), lr=settings.lr_unet * settings.lr_scale)
-        self.lpips = L.load_lpips() if settings.lpips_weight > 0 else None
+        self.lpips = losses.load_lpips() if settings.lpips_weight > 0 else None
         if settings.lpips_weight > 0 and self.lpips is None:
-            self.log(f"no LPIPS weights on this machine (${L.LPIPS_ENV}): the LPIPS term is skipped")
+            self.log(f"no LPIPS weights on this machine (${losses.LPIPS_ENV}): the LPIPS term is skipped")
         self.iteration = 0
         self.last_checkpoint: int | None = None
         self.psnr_window: list[float] = []  # last 50 training PSNRs: checkpointed, so a resumed fit reports the same
@@ -297,12 +297,12 @@ class AvatarFitter:
         rgb = out.rgb[0]
         p = self.store.params
         terms = {
-            "rgb": L.photometric_loss(rgb, target, s.dssim_weight, self.lpips, s.lpips_weight),
-            "lap": s.laplacian_weight * L.laplacian_loss(maps),
-            "v_deform": L.velocity_deformation_loss(d[0], d[1], s.v_deform_weight),
-            "v_rot": L.velocity_rotation_loss(world.quats[0], world.quats[1], s.v_rot_weight),
-            "scale": s.scale_weight * L.scale_loss(p["log_scale"][idx], s.scale_threshold),
-            "position": s.position_weight * L.position_loss(p["local_position"][idx], s.position_threshold),
+            "rgb": losses.photometric_loss(rgb, target, s.dssim_weight, self.lpips, s.lpips_weight),
+            "lap": s.laplacian_weight * losses.laplacian_loss(maps),
+            "v_deform": losses.velocity_deformation_loss(d[0], d[1], s.v_deform_weight),
+            "v_rot": losses.velocity_rotation_loss(world.quats[0], world.quats[1], s.v_rot_weight),
+            "scale": s.scale_weight * losses.scale_loss(p["log_scale"][idx], s.scale_threshold),
+            "position": s.position_weight * losses.position_loss(p["local_position"][idx], s.position_threshold),
         }
         loss = sum(terms.values())
         if not torch.isfinite(loss):
@@ -325,7 +325,7 @@ class AvatarFitter:
         if stats["cloned"] or stats["split"] or stats["pruned"]:
             self.log(f"densify at {self.iteration}: +{stats['cloned']} cloned, +{stats['split']} split, "
                      f"-{stats['pruned']} pruned -> {len(self.store)} Gaussians")
-        return {"loss": float(loss.detach()), "psnr": L.psnr(rgb.detach().clamp(0, 1), target),
+        return {"loss": float(loss.detach()), "psnr": losses.psnr(rgb.detach().clamp(0, 1), target),
                 **{k: float(x.detach()) for k, x in terms.items()}, "view": v, "frame": t}
 
     # ---- results -------------------------------------------------------------------------------------

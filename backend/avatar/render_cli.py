@@ -66,7 +66,7 @@ def at_resolution(camera, resolution: int | None):
 
 def render_rgba(bundle, camera, frame: int) -> np.ndarray:
     """uint8 (H, W, 4): the avatar at bundle ``frame``, straight alpha over transparency."""
-    from .stage import render_bundle
+    from .fit_export_stages import render_bundle
 
     if not 0 <= frame < bundle.num_frames:
         raise bad_input(f"frame {frame} is outside the bundle's 0..{bundle.num_frames - 1}")

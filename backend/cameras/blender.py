@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .camera import Camera, _as_matrix, _bad, _normalize
+from ..errors import bad_input
+from .camera import Camera, _as_matrix, _normalize
 
 # ---------------------------------------------------------------------------------------------
 # Blender <-> OpenCV (pure numpy; the add-on mirrors this)
@@ -51,9 +52,9 @@ def _blender_fit(sensor_fit: str, res_x: int, res_y: int, pixel_aspect: float) -
     of (aspx * res_x, aspy * res_y).
     """
     if sensor_fit not in SENSOR_FITS:
-        raise _bad(f"sensor_fit must be one of {', '.join(SENSOR_FITS)}, got {sensor_fit!r}")
+        raise bad_input(f"sensor_fit must be one of {', '.join(SENSOR_FITS)}, got {sensor_fit!r}")
     if pixel_aspect <= 0:
-        raise _bad(f"pixel_aspect must be positive, got {pixel_aspect}")
+        raise bad_input(f"pixel_aspect must be positive, got {pixel_aspect}")
     ycor = 1.0 / pixel_aspect
     fit = sensor_fit
     if fit == "AUTO":
@@ -88,7 +89,7 @@ def opencv_from_blender(
     """
     M = _as_matrix(matrix_world, (4, 4), "matrix_world")
     if lens_mm <= 0 or sensor_width_mm <= 0 or sensor_height_mm <= 0:
-        raise _bad("lens and sensor sizes must be positive")
+        raise bad_input("lens and sensor sizes must be positive")
     fit, viewfac, ycor = _blender_fit(sensor_fit, int(res_x), int(res_y), float(pixel_aspect))
     sensor = sensor_height_mm if sensor_fit == "VERTICAL" else sensor_width_mm
     fx = lens_mm * viewfac / sensor

@@ -24,14 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import MVP4DError
+from ..errors import bad_input
 from ..protocol import CameraSpec
 
 _DECIMALS = 9  # rounding used for deterministic tie-breaking between (nearly) equal angles
-
-
-def _bad(message: str, hint: str | None = None) -> MVP4DError:
-    return MVP4DError("BAD_INPUT", message, hint)
 
 
 def _as_matrix(m, shape: tuple[int, int], what: str) -> np.ndarray:
@@ -39,9 +35,9 @@ def _as_matrix(m, shape: tuple[int, int], what: str) -> np.ndarray:
     # Blender add-on imports it (through mvp4d_blender/backend_link.py) as the one camera definition
     a = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float64)
     if a.shape != shape:
-        raise _bad(f"{what} must have shape {shape}, got {a.shape}")
+        raise bad_input(f"{what} must have shape {shape}, got {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise _bad(f"{what} contains non-finite values")
+        raise bad_input(f"{what} contains non-finite values")
     return a.copy()
 
 
@@ -75,11 +71,11 @@ class Camera:
         self.world_to_cam = _as_matrix(self.world_to_cam, (4, 4), f"camera {self.name!r}: world_to_cam")
         self.width, self.height = int(self.width), int(self.height)
         if self.width < 1 or self.height < 1:
-            raise _bad(f"camera {self.name!r}: image size must be positive, got {self.width}x{self.height}")
+            raise bad_input(f"camera {self.name!r}: image size must be positive, got {self.width}x{self.height}")
         if not (self.K[0, 0] > 0 and self.K[1, 1] > 0):
-            raise _bad(f"camera {self.name!r}: focal lengths must be positive")
+            raise bad_input(f"camera {self.name!r}: focal lengths must be positive")
         if not np.allclose(self.world_to_cam[3], [0.0, 0.0, 0.0, 1.0]):
-            raise _bad(f"camera {self.name!r}: world_to_cam's last row must be [0, 0, 0, 1]")
+            raise bad_input(f"camera {self.name!r}: world_to_cam's last row must be [0, 0, 0, 1]")
         self.key = bool(self.key)
 
     # --- intrinsics ---------------------------------------------------------------------------
@@ -174,7 +170,7 @@ class Camera:
         (the caller pads). New coordinates: u' = (u - x0 + 0.5) * out_size / size - 0.5.
         """
         if size <= 0 or out_size <= 0:
-            raise _bad(f"crop size must be positive, got size={size}, out_size={out_size}")
+            raise bad_input(f"crop size must be positive, got size={size}, out_size={out_size}")
         s = out_size / size
         K = self.K.copy()
         K[0, 0] *= s
@@ -241,11 +237,11 @@ def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:
     up = np.asarray(up, dtype=np.float64).reshape(3)
     z = target - eye
     if np.linalg.norm(z) < 1e-12:
-        raise _bad("look_at: eye and target coincide")
+        raise bad_input("look_at: eye and target coincide")
     z = z / np.linalg.norm(z)
     x = np.cross(z, up)
     if np.linalg.norm(x) < 1e-9 * max(np.linalg.norm(up), 1e-300):
-        raise _bad("look_at: the up vector is parallel to the viewing direction", "Pass another up vector.")
+        raise bad_input("look_at: the up vector is parallel to the viewing direction", "Pass another up vector.")
     x = x / np.linalg.norm(x)
     y = np.cross(z, x)
     R = np.stack([x, y, z])
@@ -287,7 +283,7 @@ def orbit_camera(
     ``resolution`` is ``size`` (square) or ``(width, height)``; the principal point is centred.
     """
     if distance <= 0:
-        raise _bad(f"orbit_camera: distance must be positive, got {distance}")
+        raise bad_input(f"orbit_camera: distance must be positive, got {distance}")
     w, h = (resolution, resolution) if np.isscalar(resolution) else resolution
     c = np.asarray(center, dtype=np.float64).reshape(3)
     eye = c + distance * orbit_direction(azimuth_deg, elevation_deg)

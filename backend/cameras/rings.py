@@ -23,16 +23,14 @@ and each cluster is generated conditioned on its 4 nearest key views (paper Fig.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import MVP4DError
+from ..errors import MVP4DError, bad_input
 from ..protocol import PRESETS, RING_LAYOUTS
-from .camera import _DECIMALS, Camera, _bad, _normalize, orbit_camera
+from .camera import _DECIMALS, Camera, _normalize, orbit_camera
 
 # ---------------------------------------------------------------------------------------------
 # Angles, keys and clusters
@@ -202,10 +200,9 @@ class CameraRing:
         """
         cameras = list(cameras)
         if not cameras:
-            raise _bad("the camera ring is empty: it needs at least one camera",
-                       "Add cameras to the ring (or choose a ring preset) and try again.")
+            raise bad_input("the camera ring is empty: it needs at least one camera", "Add cameras to the ring (or choose a ring preset) and try again.")
         if azimuth_elevation is not None and len(azimuth_elevation) != len(cameras):
-            raise _bad(f"azimuth_elevation has {len(azimuth_elevation)} entries for {len(cameras)} cameras")
+            raise bad_input(f"azimuth_elevation has {len(azimuth_elevation)} entries for {len(cameras)} cameras")
         c = None if center is None else np.asarray(center, dtype=np.float64).reshape(3)
         dirs = np.stack([_view_direction(cam, c) for cam in cameras])
         keys = [i for i, cam in enumerate(cameras) if cam.key]
@@ -231,7 +228,7 @@ def closest_reference_angle(ring: CameraRing, view_index: int, reference_indices
     """Smallest angle (degrees) between view ``view_index`` and any of ``reference_indices``."""
     refs = list(reference_indices)
     if not refs:
-        raise _bad("closest_reference_angle: no reference views given")
+        raise bad_input("closest_reference_angle: no reference views given")
     cam = ring.cameras[view_index]
     return min(view_angle(cam, ring.cameras[r], ring.center) for r in refs)
 
@@ -256,7 +253,7 @@ def ring_preset(
     512 px image then spans ~0.33 m, about the cropped head of CAP4D's 1.2x head box).
     """
     if name not in RING_LAYOUTS or name not in PRESETS:
-        raise _bad(f"unknown camera ring preset {name!r}", f"Choose one of {', '.join(PRESETS)}.")
+        raise bad_input(f"unknown camera ring preset {name!r}", f"Choose one of {', '.join(PRESETS)}.")
     preset = PRESETS[name]
     keys, others = RING_LAYOUTS[name]
     if (len(keys), len(others)) != (preset.num_key_views, preset.num_other_views):  # pragma: no cover

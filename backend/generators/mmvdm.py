@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,88 +60,16 @@ from ..flame import Flame, FlameParams
 from ..fsutil import remove_inside, write_json_atomic
 from ..jobpaths import confine
 from ..mmvdm.plan import Pass, build_plan, check_plan, describe_plan
-from ..mmvdm.sampler import GUIDANCE_MODES, SAMPLERS, make_scheduler
+from ..mmvdm.schedule import make_scheduler
 from .mmvdm_passes import PassRunner, pass_seed
+from .mmvdm_settings import CFG_PASSES, DTYPES, OFFLOAD_MODES, VRAM_PRESETS, MMVDMSettings
 
 __all__ = ["MMVDMSettings", "MMVDMGenerator", "pass_seed", "DTYPES", "OFFLOAD_MODES", "CFG_PASSES", "VRAM_PRESETS"]
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OFFLOAD_MODES = ("none", "model", "sequential")
-CFG_PASSES = ("sequential", "batched")
-#: memory presets (``generator.vram``): defaults for the memory-only switches; results do not change
-VRAM_PRESETS: dict[str, dict[str, Any]] = {
-    "high": dict(cfg_passes="batched", vae_tiling=False, offload="none"),  # >= 40 GB: fastest
-    "medium": dict(cfg_passes="sequential", vae_tiling=False, offload="none"),  # ~24 GB (the default)
-    "low": dict(cfg_passes="sequential", vae_tiling=True, offload="model"),  # ~12-16 GB
-    "lowest": dict(cfg_passes="sequential", vae_tiling=True, offload="sequential"),  # slowest
-}
 GiB = 1024**3
 #: rough VAE decode peak of one 49-frame 512x512 view in half precision, untiled (reference note §3)
 _VAE_DECODE_BYTES_512 = 13e9
 _VAE_TILED_FRACTION = 3.5 / 13.0
-
-
-@dataclass
-class MMVDMSettings:
-    """Everything that changes the MMVDM's result or its memory use (see the module docstring)."""
-
-    seed: int = 0
-    steps_key: int = 100
-    steps_other: int = 50
-    guidance: str = "multiview"
-    sampler: str = "joint"
-    dtype: str = "auto"
-    vae_slicing: bool = True
-    vae_tiling: bool = False
-    cfg_passes: str = "sequential"
-    offload: str = "none"
-    device: str | None = None  # None: cuda when available, else cpu
-    preview_factor: int = 2
-    preview_steps: int | None = None  # None: max(1, steps_other // 5)
-    refine_strength: float = 0.6  # preview sampler: 0 = the upsampled preview is the output
-    window_frames: int = 49
-    context_frames: int = 9
-
-    def validate(self) -> None:
-        if self.guidance not in GUIDANCE_MODES:
-            raise bad_input(f"generator.guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}")
-        if self.sampler not in SAMPLERS:
-            raise bad_input(f"generator.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.dtype not in (*DTYPES, "auto"):
-            raise bad_input(f"generator.dtype must be one of auto, {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.offload not in OFFLOAD_MODES:
-            raise bad_input(f"generator.offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
-        if self.cfg_passes not in CFG_PASSES:
-            raise bad_input(f"generator.cfg_passes must be one of {', '.join(CFG_PASSES)}, got {self.cfg_passes!r}")
-        if not 0.0 <= float(self.refine_strength) <= 1.0:
-            raise bad_input(f"generator.refine_strength must be in [0, 1], got {self.refine_strength!r}")
-        if self.preview_factor not in (1, 2, 4):
-            raise bad_input(f"generator.preview_factor must be 1, 2 or 4, got {self.preview_factor!r}")
-
-    @classmethod
-    def from_spec(cls, spec: Any, **overrides: Any) -> "MMVDMSettings":
-        """From a ``protocol.GeneratorSpec``: a ``vram`` preset (:data:`VRAM_PRESETS`) gives the memory
-        switches, then every field the spec has and sets (not None) overrides; the rest keep defaults."""
-        vram = getattr(spec, "vram", None) or "medium"
-        if vram not in VRAM_PRESETS:
-            raise bad_input(f"generator.vram must be one of {', '.join(VRAM_PRESETS)}, got {vram!r}")
-        kw = dict(VRAM_PRESETS[vram])
-        kw.update({f: getattr(spec, f) for f in cls.__dataclass_fields__ if getattr(spec, f, None) is not None})
-        kw.update(overrides)
-        s = cls(**kw)
-        s.validate()
-        return s
-
-    def resolved_device(self) -> torch.device:
-        if self.device:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def torch_dtype(self, device: torch.device | None = None) -> torch.dtype:
-        if self.dtype == "auto":
-            dev = device or self.resolved_device()
-            return torch.bfloat16 if dev.type == "cuda" else torch.float32
-        return DTYPES[self.dtype]
 
 
 class _VaeAdapter:
@@ -427,3 +355,4 @@ class MMVDMGenerator:
                     remove_inside(view, out_views_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, fp)
+

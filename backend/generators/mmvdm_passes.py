@@ -25,7 +25,9 @@ from ..flame import FlameParams
 from ..fsutil import atomic_dir, atomic_path
 from ..jobpaths import confine
 from ..mmvdm.plan import Pass
-from ..mmvdm.sampler import _start_index, guidance_scale, mode_masks, sample, upsample_latents
+from ..mmvdm.guidance import guidance_scale, mode_masks
+from ..mmvdm.sampler import sample, upsample_latents
+from ..mmvdm.schedule import _start_index
 
 __all__ = ["PassRunner", "pass_seed"]
 

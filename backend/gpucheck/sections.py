@@ -207,7 +207,8 @@ def section_sampling(rec: Recorder, opts: dict) -> None:
     """One multi-view-CFG DDIM step (``sampler.sample``, steps=1, mode 1: every view generated) of the same
     set: the conditional joint pass plus one unconditional pass per view, batched and then sequential."""
     from ..mmvdm.configs import memory_breakdown
-    from ..mmvdm.sampler import guidance_scales, sample
+    from ..mmvdm.guidance import guidance_scales
+    from ..mmvdm.sampler import sample
 
     dev = _device(opts)
     config, s, t, h, model, inputs = _build_mmvdm(opts, dev)

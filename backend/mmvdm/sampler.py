@@ -1,42 +1,6 @@
-"""Sampling the MMVDM: CogVideoX-2B's DDIM schedule, generation modes 1–4, multi-view CFG, and the two
-peer samplers (Diffusion²-style score composition, 4DVD-style low-resolution preview).
-
-Scheduler
-    :func:`make_scheduler` builds diffusers' ``CogVideoXDDIMScheduler`` with CogVideoX-2B's
-    ``scheduler_config.json`` (:data:`SCHEDULER_CONFIG`; docs/architecture.md, "MMVDM scheduler"): v-prediction, zero terminal SNR, SNR shift 3,
-    trailing spacing (100 steps: 999, 989, …, 9; 50: 999, 979, …, 19), scaled-linear betas
-    0.00085 → 0.012, no clipping, ᾱ = 1 after the last step. The DDIM update itself is done here in
-    float32 with the scheduler's ``alphas_cumprod`` (identical to ``scheduler.step`` when the step count
-    divides 1000, correct for any count, and independent of the model's dtype).
-
-Generation modes (paper §3.3, Fig. 3)
-    Which latent (view, frame) slots are clean inputs rather than generated — the ``b`` mask channel
-    of the conditioning (``reference_mask``). See :func:`mode_masks` for the picture. Clean slots follow
-    CAP4D's replacement ``x = z·m + x·(1 − m)`` with the **clean** latent ``z`` (not ``z`` noised to the
-    current t): before every model call and after the last step. The MMVDM is trained like an
-    image-to-video model — frames flagged by ``b`` are given un-noised, exactly like the reference
-    latent — so the clean value is what it was trained to see; the output at clean slots is discarded.
-
-Classifier-free guidance (paper §5, Eq. 2–3)
-    ``guided = uncond + s·(cond − uncond)``, applied to v (v → x₀/ε is affine in the same x_t, so this
-    equals guidance on ε). The unconditional prediction zeroes *all* conditioning: the reference latent
-    (passed as zeros, so its tokens stay), the reference conditioning and every view's conditioning
-    maps (including the b mask); the view's own latents (with clean context slots) are kept.
-
-    * ``"multiview"`` (the paper's): one unconditional forward **per generated view**, that view alone
-      (its T latent frames), so the unconditional tokens never confuse views. Fully clean views
-      (reference views) get none. Passes can be batched or sequential (``sub_batch``).
-    * ``"conventional"``: one unconditional forward of the whole multi-view set (ablation, Table 7).
-    * ``"none"``: the conditional prediction only.
-
-    Scale per view (:func:`guidance_scale`): **1.1 at 0° → 1.6 at 180°**, linear in the angle between
-    the view and its closest *reference view*, clamped to [1.1, 1.6]. This is the paper's rule verbatim
-    (§5: "linearly increase the guidance scale with the angular distance to the closest reference view,
-    from 1.1 (0 degree deviation) to 1.6 (180 degree deviation)", after Kant et al. 2025); 180° is the
-    largest possible angle, so the clamp only guards bad input. A view's reference views are the
-    reference image's camera and the pass's clean reference views (mode 2/4); its own earlier frames
-    (mode 3/4 context) are the same viewpoint and do not count. The caller computes the angles (it
-    knows the cameras) and passes the per-view scales; the same scales are used for ``conventional``.
+"""Sampling the MMVDM: the joint sampler and the two peer samplers (Diffusion²-style score
+composition, 4DVD-style low-resolution preview). The DDIM schedule is in :mod:`.schedule`, generation
+modes 1–4 and multi-view CFG in :mod:`.guidance`, the model calls in :mod:`.denoiser`.
 
 Samplers (``sampler=``)
     * ``"joint"``: the paper's — one forward of all views and frames per step (+ CFG passes).
@@ -78,7 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as Fn
 
-from ..errors import MVP4DError, bad_input
+from ..errors import bad_input
+from .denoiser import _Denoiser, _model_device
+from .guidance import (GUIDANCE_MODES, MAX_GUIDANCE, MAX_GUIDANCE_ANGLE, MIN_GUIDANCE, _as_scales, guidance_scale,
+                       guidance_scales, mode_masks)
+from .schedule import SCHEDULER_CONFIG, _ddim_step, _start_index, _vrs_renoise, make_scheduler, schedule
 
 __all__ = [
     "SCHEDULER_CONFIG",
@@ -97,108 +65,7 @@ __all__ = [
     "sample",
 ]
 
-#: CogVideoX-2B ``scheduler/scheduler_config.json`` (docs/architecture.md, "MMVDM scheduler")
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "snr_shift_scale": 3.0,
-    "timestep_spacing": "trailing",
-    "clip_sample": False,
-    "set_alpha_to_one": True,
-    "steps_offset": 0,
-}
-GUIDANCE_MODES = ("multiview", "conventional", "none")
 SAMPLERS = ("joint", "composed", "preview")
-MIN_GUIDANCE, MAX_GUIDANCE, MAX_GUIDANCE_ANGLE = 1.1, 1.6, 180.0
-
-
-def make_scheduler(config: dict[str, Any] | None = None):
-    """``CogVideoXDDIMScheduler`` with CogVideoX-2B's config, updated by ``config`` (e.g. the weights
-    folder's ``scheduler_config.json``). Only v-prediction is supported (``WEIGHTS_MISMATCH`` otherwise)."""
-    from diffusers import CogVideoXDDIMScheduler
-
-    cfg = dict(SCHEDULER_CONFIG)
-    if config:
-        cfg.update({k: v for k, v in dict(config).items() if not k.startswith("_")})
-    if cfg.get("prediction_type") != "v_prediction":
-        raise MVP4DError("WEIGHTS_MISMATCH", f"the scheduler config predicts {cfg.get('prediction_type')!r}; the "
-                         "MMVDM sampler needs v_prediction (CogVideoX-2B)")
-    return CogVideoXDDIMScheduler.from_config(cfg)
-
-
-def schedule(scheduler, steps: int) -> tuple[list[int], list[float]]:
-    """Timesteps of a ``steps``-step run and ᾱ at each of them followed by the final ᾱ (len steps + 1)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise bad_input(f"the number of sampling steps must be a positive integer, got {steps!r}")
-    scheduler.set_timesteps(steps)
-    ts = [int(t) for t in scheduler.timesteps]
-    ac = scheduler.alphas_cumprod
-    alphas = [float(ac[t]) for t in ts] + [float(scheduler.final_alpha_cumprod)]
-    return ts, alphas
-
-
-# ---------------------------------------------------------------------------------------------
-# modes and guidance
-# ---------------------------------------------------------------------------------------------
-
-
-def mode_masks(mode: int, num_views: int, num_latent_frames: int, num_reference_views: int = 0,
-               num_context_latent_frames: int = 0) -> torch.Tensor:
-    """(V, T) bool mask of clean input slots (True = given clean, ``b`` = 1) for generation ``mode``.
-
-    Views are ordered reference views first (as :attr:`Pass.all_views`); latent frame 0 is the
-    window's first. R = ``num_reference_views``, C = ``num_context_latent_frames``. Paper Fig. 3
-    (``#`` clean / given, ``.`` generated; rows = views, columns = latent frames)::
-
-        mode 1 (keys, window 0)      mode 2 (cluster, window 0)    mode 3 (keys, extension)    mode 4 (cluster, extension)
-        R = 0, C = 0                 R = 4, C = 0                  R = 0, C = 3                R = 4, C = 3
-        v1  . . . . . . .            ref1 # # # # # # #            v1  # # # . . . .           ref1 # # # # # # #
-        v2  . . . . . . .            ref2 # # # # # # #            v2  # # # . . . .           ref2 # # # # # # #
-        v3  . . . . . . .            ref3 # # # # # # #            v3  # # # . . . .           ref3 # # # # # # #
-        v4  . . . . . . .            ref4 # # # # # # #            v4  # # # . . . .           ref4 # # # # # # #
-        …                            v1   . . . . . . .            …                           v1   # # # . . . .
-                                     …                                                         …
-
-    Mode 1 generates everything from the reference image; mode 2 gives R whole views; mode 3 gives the
-    first C latent frames of every view (the last 9 output frames generated before); mode 4 both.
-    The reference image itself is a separate input, clean in every mode.
-    """
-    V, T, R, C = int(num_views), int(num_latent_frames), int(num_reference_views), int(num_context_latent_frames)
-    if V < 1 or T < 1:
-        raise bad_input(f"mode_masks: need at least one view and one latent frame, got {V} x {T}")
-    need_r = mode in (2, 4)
-    need_c = mode in (3, 4)
-    if mode not in (1, 2, 3, 4):
-        raise bad_input(f"generation mode must be 1, 2, 3 or 4, got {mode!r}")
-    if need_r != (R > 0) or R >= V or R < 0:
-        raise bad_input(f"mode {mode} with {R} reference views of {V} views: modes 2 and 4 need 1 <= R < V, "
-                        "modes 1 and 3 R = 0")
-    if need_c != (C > 0) or C >= T or C < 0:
-        raise bad_input(f"mode {mode} with {C} context latent frames of {T}: modes 3 and 4 need 1 <= C < T, "
-                        "modes 1 and 2 C = 0")
-    m = torch.zeros(V, T, dtype=torch.bool)
-    m[:R] = True
-    m[:, :C] = True
-    return m
-
-
-def guidance_scale(angle_deg: float, min_scale: float = MIN_GUIDANCE, max_scale: float = MAX_GUIDANCE,
-                   max_angle: float = MAX_GUIDANCE_ANGLE) -> float:
-    """Multi-view CFG scale for a view ``angle_deg`` away from its closest reference view: linear from
-    ``min_scale`` at 0° to ``max_scale`` at ``max_angle`` (paper §5: 1.1 → 1.6 over 0° → 180°), clamped."""
-    a = float(angle_deg)
-    if not math.isfinite(a):
-        raise bad_input(f"guidance angle must be finite, got {angle_deg!r}")
-    u = min(max(abs(a) / float(max_angle), 0.0), 1.0)
-    return float(min_scale + (max_scale - min_scale) * u)
-
-
-def guidance_scales(angles: Sequence[float], **kw: float) -> list[float]:
-    return [guidance_scale(a, **kw) for a in angles]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,132 +94,6 @@ def upsample_latents(x: torch.Tensor, factor: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # the sampler
 # ---------------------------------------------------------------------------------------------
-
-
-def _chunks(xs: list[int], size: int | None) -> list[list[int]]:
-    if not xs:
-        return []
-    size = len(xs) if not size or size < 1 else size
-    return [xs[i : i + size] for i in range(0, len(xs), size)]
-
-
-def _model_device(model) -> torch.device:
-    dev = getattr(model, "device", None)
-    if isinstance(dev, torch.device) and dev.type != "meta":
-        return dev
-    for p in model.parameters():
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
-
-
-class _Denoiser:
-    """v predictions of the model for one multi-view set, with CFG and the composed factorisation."""
-
-    def __init__(self, model, reference, conditioning, reference_conditioning, clean_mask, guidance, scales,
-                 sub_batch, attention_kwargs, composed_weight):
-        self.model = model
-        self.ref = reference
-        self.cond = conditioning
-        self.ref_cond = reference_conditioning
-        self.zero_ref = None if reference is None else torch.zeros_like(reference)
-        self.mask = clean_mask  # (V, T) bool, CPU
-        self.guidance = guidance
-        self.scales = scales  # (V,) float32 on device
-        self.sub_batch = sub_batch
-        self.attention_kwargs = attention_kwargs
-        self.s = float(composed_weight)
-        V, T = clean_mask.shape
-        self.gen_views = [v for v in range(V) if not bool(clean_mask[v].all())]
-        self.gen_frames = [t for t in range(T) if not bool(clean_mask[:, t].all())]
-        self.use_cfg = guidance != "none" and bool((scales != 1.0).any())
-
-    def _call(self, x, t, ref, cond, ref_cond) -> torch.Tensor:
-        """x (B, V, T, C, h, w) float32 -> v (B, V, T, C, h, w) float32."""
-        B = x.shape[0]
-        ts = torch.full((B,), int(t), dtype=torch.long, device=x.device)
-        out = self.model(hidden_states=x, timestep=ts, reference=ref, conditioning=cond,
-                         reference_conditioning=ref_cond, attention_kwargs=self.attention_kwargs, return_dict=True)
-        return out.sample.float()
-
-    def _ref(self, B, uncond):
-        r = self.zero_ref if uncond else self.ref
-        if r is None:
-            return None, None
-        rc = None if (uncond or self.ref_cond is None) else self.ref_cond[None].expand(B, *self.ref_cond.shape)
-        return r[None].expand(B, *r.shape), rc
-
-    # -- factorisations -------------------------------------------------------------------------
-    def joint(self, x, t, uncond=False):
-        ref, rc = self._ref(1, uncond)
-        cond = None if (uncond or self.cond is None) else self.cond[None]
-        return self._call(x[None], t, ref, cond, rc)[0]
-
-    def per_view(self, x, t, uncond=False, out=None):
-        """Each generated view alone (all its frames): (V, T, ...) with rows of fully clean views = out/0."""
-        out = torch.zeros_like(x) if out is None else out
-        for ch in _chunks(self.gen_views, self.sub_batch):
-            ref, rc = self._ref(len(ch), uncond)
-            cond = None if (uncond or self.cond is None) else self.cond[ch][:, None]
-            out[ch] = self._call(x[ch][:, None], t, ref, cond, rc)[:, 0]
-        return out
-
-    def per_frame(self, x, t, uncond=False):
-        """All views at one latent frame each (T = 1 per forward)."""
-        out = torch.zeros_like(x)
-        for ch in _chunks(self.gen_frames, self.sub_batch):
-            ref, rc = self._ref(len(ch), uncond)
-            xb = x[:, ch].transpose(0, 1)[:, :, None]  # (B, V, 1, C, h, w)
-            cond = None if (uncond or self.cond is None) else self.cond[:, ch].transpose(0, 1)[:, :, None]
-            out[:, ch] = self._call(xb, t, ref, cond, rc)[:, :, 0].transpose(0, 1)
-        return out
-
-    def composed(self, x, t, uncond=False):
-        return self.s * self.per_view(x, t, uncond) + (1.0 - self.s) * self.per_frame(x, t, uncond)
-
-    # -- guided prediction ----------------------------------------------------------------------
-    def predict(self, x, t, composed: bool):
-        vc = self.composed(x, t) if composed else self.joint(x, t)
-        if not self.use_cfg:
-            return vc
-        if self.guidance == "multiview":
-            vu = self.per_view(x, t, uncond=True, out=vc.clone())
-        elif composed:
-            vu = self.composed(x, t, uncond=True)
-        else:
-            vu = self.joint(x, t, uncond=True)
-        s = self.scales.view(-1, 1, 1, 1, 1)
-        return vu + s * (vc - vu)
-
-
-def _ddim_step(x: torch.Tensor, v: torch.Tensor, a_t: float, a_prev: float) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) for v-prediction from ᾱ_t to ᾱ_prev (as CogVideoXDDIMScheduler.step)."""
-    x0 = math.sqrt(a_t) * x - math.sqrt(1.0 - a_t) * v
-    c = math.sqrt((1.0 - a_prev) / (1.0 - a_t))
-    return c * x + (math.sqrt(a_prev) - math.sqrt(a_t) * c) * x0
-
-
-def _vrs_renoise(x_next: torch.Tensor, a_i: float, a_next: float, noise: torch.Tensor) -> torch.Tensor:
-    """Diffusion² Alg. 1 l.14 in VP form: back from ᾱ_{i+1} to ᾱ_i with noise std scaled by (σ_i − σ_{i+1})."""
-    ratio = math.sqrt(a_i / a_next)
-    coef = math.sqrt(1.0 - a_i) - math.sqrt(a_i * (1.0 - a_next) / a_next)
-    return ratio * x_next + coef * noise
-
-
-def _start_index(steps: int, strength: float) -> int:
-    """First step of an SDEdit run keeping a fraction ``strength`` of a ``steps``-step schedule."""
-    if not 0.0 < float(strength) <= 1.0:
-        raise bad_input(f"strength must be in (0, 1], got {strength!r}")
-    return min(steps - 1, max(0, int(round((1.0 - float(strength)) * steps))))
-
-
-def _as_scales(guidance_scale, V: int, device) -> torch.Tensor:
-    s = torch.as_tensor(guidance_scale, dtype=torch.float32)
-    if s.ndim == 0:
-        s = s.expand(V)
-    if s.shape != (V,) or not torch.isfinite(s).all():
-        raise bad_input(f"guidance_scale must be a number or one finite value per view ({V}), got {tuple(s.shape)}")
-    return s.to(device)
 
 
 def _check_shapes(shape, reference_latent, conditioning, reference_conditioning, clean_latents, clean_mask):
@@ -513,3 +254,4 @@ def _preview(model, shape, reference_latent, conditioning, reference_conditionin
                   steps=steps, guidance=guidance, guidance_scale=guidance_scale, seed=seed + 1, sampler="joint",
                   progress=prog(n_prev), check=check, sub_batch=sub_batch, scheduler=scheduler, device=device,
                   init_latents=up, strength=refine_strength, attention_kwargs=attention_kwargs)
+

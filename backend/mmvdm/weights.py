@@ -313,7 +313,7 @@ def init_random_mmvdm(dst_dir: str | Path, size: str = "tiny", seed: int = 0, co
     conditioning input channels are zero like a fresh conversion (``from_config`` does that). Refuses an
     existing ``dst_dir`` (nothing is overwritten). The output is noise: ``mmvdm.json`` says so."""
     from .configs import tiny_vae_config
-    from .sampler import SCHEDULER_CONFIG
+    from .schedule import SCHEDULER_CONFIG
 
     dst = Path(dst_dir)
     if dst.exists():

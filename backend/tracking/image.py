@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import MVP4DError
+from ..errors import MVP4DError, bad_input
 from ..fsutil import atomic_path
 
 #: smallest accepted side, in pixels (MediaPipe cannot find landmarks on anything smaller)
@@ -35,10 +35,6 @@ MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 WORK_MAX_SIDE = 2048
 
 _HINT_FILE = "Pass a readable PNG or JPEG photo of a face."
-
-
-def _bad(path: str | os.PathLike, problem: str, hint: str = _HINT_FILE) -> MVP4DError:
-    return MVP4DError("BAD_INPUT", f"reference image {path}: {problem}", hint)
 
 
 def load_image(path: str | os.PathLike, max_side: int | None = WORK_MAX_SIDE) -> np.ndarray:
@@ -62,15 +58,15 @@ def load_image_and_size(
     """
     p = Path(path)
     if not p.exists():
-        raise _bad(p, "does not exist")
+        raise bad_input("does not exist", _HINT_FILE, where=f"reference image {p}:")
     if p.is_dir():
-        raise _bad(p, "is a folder, not an image file")
+        raise bad_input("is a folder, not an image file", _HINT_FILE, where=f"reference image {p}:")
     try:
         size = p.stat().st_size
     except OSError as e:
-        raise _bad(p, f"cannot be read ({e.strerror or e})") from e
+        raise bad_input(f"cannot be read ({e.strerror or e})", _HINT_FILE, where=f"reference image {p}:") from e
     if size == 0:
-        raise _bad(p, "is an empty file (0 bytes)")
+        raise bad_input("is an empty file (0 bytes)", _HINT_FILE, where=f"reference image {p}:")
     try:
         with warnings.catch_warnings():
             # Pillow's notes (palette transparency, odd EXIF) are noise; its decompression-bomb
@@ -91,11 +87,13 @@ def load_image_and_size(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _too_large(str(p), f"({e})") from e
     except PermissionError as e:
-        raise _bad(p, "cannot be read (permission denied)", "Check the file's permissions.") from e
+        raise bad_input("cannot be read (permission denied)", "Check the file's permissions.",
+                        where=f"reference image {p}:") from e
     except UnidentifiedImageError as e:
-        raise _bad(p, "is not an image Pillow can read (unknown or corrupt format)") from e
+        raise bad_input("is not an image Pillow can read (unknown or corrupt format)", _HINT_FILE,
+                        where=f"reference image {p}:") from e
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken chunks, bad headers
-        raise _bad(p, f"is corrupt or truncated ({e})") from e
+        raise bad_input(f"is corrupt or truncated ({e})", _HINT_FILE, where=f"reference image {p}:") from e
     check_image_size(rgb, str(p))
     return downscale_to(rgb, max_side), (full_w, full_h)
 

@@ -1,5 +1,44 @@
-"""The training config (``TrainConfig``, JSON/TOML files; format in :mod:`backend.training.trainer`) and
-model construction (``build_model``: from CogVideoX-2B, an MMVDM weights folder, or from scratch)."""
+"""The training config (``TrainConfig``, JSON/TOML files) and model construction (``build_model``: from
+CogVideoX-2B, an MMVDM weights folder, or from scratch).
+
+Config (JSON or TOML; relative paths are relative to the config file)::
+
+    run_dir = "runs/mmvdm"                      # checkpoints/, logs/train.jsonl, final/ (MMVDM weights folder)
+    train_data = ["data/nersemble", "data/vfhq"]   # dataset folders (backend/training/layout.py format)
+    data_weights = [1.0, 1.0]                   # relative sampling weights (optional)
+    curriculum = "paper"                        # bundled name, a JSON file, or an inline table
+    micro_batch_size = 1                        # per process; accumulation = batch_size / (micro × processes)
+    seed = 0
+    mixed_precision = "auto"                    # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | no
+    gradient_checkpointing = true
+    max_grad_norm = 1.0
+    checkpoint_every = 1000                     # optimizer steps; also at the end of every stage and the run
+    keep_checkpoints = 3
+    log_every = 10
+    tensorboard = false                         # also TensorBoard scalars in logs/tensorboard (needs `tensorboard`)
+    attention_backend = "flash"                 # optional: diffusers attention backend (set_attention_backend)
+    num_workers = 4                             # data-loader processes per rank (decoding, cropping, maps)
+    pool_batches = 0                            # > 0: latent caching for small runs — each stage reuses the
+                                                #  micro-batches of its first P steps (sampled, rendered and
+                                                #  VAE-encoded once, kept in memory) cyclically; t and noise are
+                                                #  still fresh every step. 0/absent: new data every step
+    [model]
+    init = "cogvideox"                          # "cogvideox" (path = CogVideoX-2B diffusers folder, converted by
+    path = "/models/CogVideoX-2b"               #  backend.mmvdm.weights.build_mmvdm_from_cogvideox into
+                                                #  run_dir/init), "mmvdm" (path = an MMVDM weights folder), or
+                                                #  "scratch" (transformer = "tiny" | "small" | "2b" | {config},
+                                                #  vae = "tiny" | a diffusers VAE folder, init_seed)
+    [optimizer]                                 # AdamW
+    betas = [0.9, 0.95]
+    weight_decay = 1e-4
+    eps = 1e-8
+    [ema]                                       # optional
+    decay = 0.9999
+    [validation]                                # optional: fixed batches, fixed noise and timesteps
+    every = 500
+    batches = 4
+    data = ["data/heldout"]                     # default: the training data
+"""
 
 from __future__ import annotations
 
@@ -157,7 +196,7 @@ def build_model(cfg: TrainConfig, log: Callable[[str], None] = lambda m: None):
     from diffusers import AutoencoderKLCogVideoX
 
     from ..mmvdm.configs import tiny_vae_config
-    from ..mmvdm.sampler import SCHEDULER_CONFIG
+    from ..mmvdm.schedule import SCHEDULER_CONFIG
     from ..mmvdm.transformer import MMVDMTransformer
     from ..mmvdm.weights import build_mmvdm_from_cogvideox, check_weights, load_mmvdm
 

@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import MVP4DError
+from ..errors import bad_input
 
 __all__ = ["Resolution", "Stage", "Curriculum", "SampleMode", "BatchDraw", "load_curriculum", "CONFIG_DIR",
            "latent_frames"]
@@ -52,9 +52,7 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 TEMPORAL_COMPRESSION = 4
 
 
-def _bad(msg: str, hint: str | None = None) -> MVP4DError:
-    return MVP4DError("BAD_INPUT", f"curriculum: {msg}", hint or "Fix the curriculum config (format in "
-                      "backend/training/curriculum.py).")
+_HINT = "Fix the curriculum config (format in backend/training/curriculum.py)."
 
 
 def latent_frames(frames: int) -> int:
@@ -88,12 +86,12 @@ class Resolution:
             else:
                 v, f, d = (int(x) for x in value)
         except (ValueError, TypeError, KeyError) as exc:
-            raise _bad(f"{where}: {value!r} is not 'VxFxD' or [V, F, D]") from exc
+            raise bad_input(f"{where}: {value!r} is not 'VxFxD' or [V, F, D]", _HINT, where="curriculum:") from exc
         r = cls(v, f, d)
         if v < 1 or f < 1 or (f - 1) % TEMPORAL_COMPRESSION:
-            raise _bad(f"{where}: {r} needs V >= 1 and F = 1 + 4k frames")
+            raise bad_input(f"{where}: {r} needs V >= 1 and F = 1 + 4k frames", _HINT, where="curriculum:")
         if d < 16 or d % 16:
-            raise _bad(f"{where}: {r} needs D a multiple of 16 (8x VAE, 2x2 patches)")
+            raise bad_input(f"{where}: {r} needs D a multiple of 16 (8x VAE, 2x2 patches)", _HINT, where="curriculum:")
         return r
 
 
@@ -149,31 +147,35 @@ class Curriculum:
     # -- structure ------------------------------------------------------------------------------
     def validate(self) -> None:
         if not self.stages:
-            raise _bad("no stages")
+            raise bad_input("no stages", _HINT, where="curriculum:")
         for i, s in enumerate(self.stages):
             where = f"stage {i} ({s.name})"
             if isinstance(s.iterations, bool) or not isinstance(s.iterations, int) or s.iterations < 1:
-                raise _bad(f"{where}: iterations must be a positive integer, got {s.iterations!r}")
+                raise bad_input(f"{where}: iterations must be a positive integer, got {s.iterations!r}", _HINT,
+                                where="curriculum:")
             if not (isinstance(s.learning_rate, (int, float)) and s.learning_rate > 0):
-                raise _bad(f"{where}: learning_rate must be positive, got {s.learning_rate!r}")
+                raise bad_input(f"{where}: learning_rate must be positive, got {s.learning_rate!r}", _HINT,
+                                where="curriculum:")
             if isinstance(s.batch_size, bool) or not isinstance(s.batch_size, int) or s.batch_size < 1:
-                raise _bad(f"{where}: batch_size must be a positive integer, got {s.batch_size!r}")
+                raise bad_input(f"{where}: batch_size must be a positive integer, got {s.batch_size!r}", _HINT,
+                                where="curriculum:")
             if not isinstance(s.warmup_steps, int) or s.warmup_steps < 0:
-                raise _bad(f"{where}: warmup_steps must be a non-negative integer")
+                raise bad_input(f"{where}: warmup_steps must be a non-negative integer", _HINT, where="curriculum:")
             if not s.resolutions:
-                raise _bad(f"{where}: no resolutions")
+                raise bad_input(f"{where}: no resolutions", _HINT, where="curriculum:")
             modes = set(s.modes)
             if not modes or modes - {1, 2, 3, 4} or 1 not in modes:
-                raise _bad(f"{where}: modes must be a subset of 1-4 that includes 1, got {list(s.modes)}")
+                raise bad_input(f"{where}: modes must be a subset of 1-4 that includes 1, got {list(s.modes)}", _HINT,
+                                where="curriculum:")
             if (4 in modes) != ({2, 3} <= modes):
-                raise _bad(f"{where}: modes 2 and 3 together make mode 4, so list 2, 3 and 4 together "
-                           f"(got {sorted(modes)})")
+                raise bad_input(f"{where}: modes 2 and 3 together make mode 4, so list 2, 3 and 4 together "
+                           f"(got {sorted(modes)})", _HINT, where="curriculum:")
         for name in ("conditioning_dropout", "mode2_probability", "mode3_probability"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-                raise _bad(f"{name} must be a probability, got {p!r}")
+                raise bad_input(f"{name} must be a probability, got {p!r}", _HINT, where="curriculum:")
         if not isinstance(self.context_latent_frames, int) or self.context_latent_frames < 1:
-            raise _bad("context_latent_frames must be a positive integer")
+            raise bad_input("context_latent_frames must be a positive integer", _HINT, where="curriculum:")
 
     @property
     def total_iterations(self) -> int:
@@ -241,20 +243,20 @@ class Curriculum:
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "curriculum") -> "Curriculum":
         if not isinstance(d, Mapping):
-            raise _bad(f"{where} must be a JSON object")
+            raise bad_input(f"{where} must be a JSON object", _HINT, where="curriculum:")
         known = {"name", "description", "conditioning_dropout", "mode2_probability", "mode3_probability",
                  "context_latent_frames", "stages"}
         stages = []
         for i, s in enumerate(d.get("stages") or []):
             if not isinstance(s, Mapping):
-                raise _bad(f"{where}: stage {i} must be an object")
+                raise bad_input(f"{where}: stage {i} must be an object", _HINT, where="curriculum:")
             unknown = set(s) - {"name", "iterations", "learning_rate", "resolutions", "modes", "batch_size",
                                 "warmup_steps"}
             if unknown:
-                raise _bad(f"{where}: stage {i} has unknown key(s) {sorted(unknown)}")
+                raise bad_input(f"{where}: stage {i} has unknown key(s) {sorted(unknown)}", _HINT, where="curriculum:")
             for k in ("iterations", "learning_rate", "resolutions"):
                 if k not in s:
-                    raise _bad(f"{where}: stage {i} has no {k!r}")
+                    raise bad_input(f"{where}: stage {i} has no {k!r}", _HINT, where="curriculum:")
             stages.append(Stage(
                 name=str(s.get("name", f"stage{i + 1}")), iterations=s["iterations"], learning_rate=s["learning_rate"],
                 resolutions=[Resolution.parse(r, f"{where}: stage {i} resolution") for r in s["resolutions"]],
@@ -289,9 +291,10 @@ def load_curriculum(spec: str | Path | Mapping[str, Any] | Curriculum) -> Curric
     path = CONFIG_DIR / f"{s}.json" if (CONFIG_DIR / f"{s}.json").is_file() and "/" not in s else Path(s)
     if not path.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-        raise _bad(f"no curriculum {s!r}", f"Use a JSON file or one of the bundled curricula: {', '.join(names)}.")
+        raise bad_input(f"no curriculum {s!r}",
+                        f"Use a JSON file or one of the bundled curricula: {', '.join(names)}.", where="curriculum:")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise _bad(f"{path} is not valid JSON ({exc})") from exc
+        raise bad_input(f"{path} is not valid JSON ({exc})", _HINT, where="curriculum:") from exc
     return Curriculum.from_json(d, where=str(path.name))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -45,7 +44,9 @@ import numpy as np
 import torch
 
 from ..errors import EXIT_ERROR, MVP4DError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import write_json_atomic
+from .experiment_eval import eval_cases, evaluation_ring, generate_case, vae_ceiling
+from .experiment_report import write_doc
 
 __all__ = ["ExperimentSettings", "PRESETS", "run_cfg_ablation", "evaluation_ring", "main"]
 
@@ -85,115 +86,6 @@ PRESETS: dict[str, ExperimentSettings] = {
                                                           for v in (4, 8)),
                                  num_workers=4, threads=4, train_time_limit_min=None, pool_batches=None),
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-def evaluation_ring(cameras: list, center: np.ndarray, joint_views: int):
-    """A :class:`CameraRing` over ``cameras`` whose plan generates ``joint_views`` views per pass (module doc)."""
-    from ..cameras import CameraRing
-    from ..cameras.rings import _view_direction, cluster_views, farthest_point_keys
-
-    n = len(cameras)
-    dirs = np.stack([_view_direction(c, center) for c in cameras])
-    if joint_views >= n:
-        return CameraRing(cameras=list(cameras), key_indices=list(range(n)), clusters=[], cluster_keys=[], center=center)
-    keys = farthest_point_keys(dirs, joint_views)
-    others = [i for i in range(n) if i not in keys]
-    half = max(1, joint_views // 2)
-    clusters = [[others[j] for j in cl] for cl in cluster_views(dirs[others], max_size=half)]
-    ckeys = []
-    for cl in clusters:
-        m = dirs[cl].mean(0)
-        m /= np.linalg.norm(m)
-        ang = [math.degrees(math.acos(float(np.clip(dirs[k] @ m, -1, 1)))) for k in keys]
-        ckeys.append([keys[i] for i in np.argsort(ang, kind="stable")[:half]])
-    return CameraRing(cameras=list(cameras), key_indices=list(keys), clusters=clusters, cluster_keys=ckeys, center=center)
-
-
-@dataclass
-class EvalCase:
-    name: str
-    item: Any  # TrainingItem: 8 ring views × 9 frames, reference = ref view frame 0
-    vertices: torch.Tensor
-    center: np.ndarray
-
-
-def eval_cases(heldout_root: Path, size: int, window: int = 9) -> list[EvalCase]:
-    from .data import TrainingDataset
-
-    ds = TrainingDataset(heldout_root)
-    cases = []
-    for i, seq in enumerate(ds.sequences):
-        views = [v for v in range(seq.num_views) if seq.views[v] != "ref"]
-        frames = list(range(seq.num_frames - window, seq.num_frames))
-        item = ds.load(i, views, frames, seq.views.index("ref"), 0, size)
-        with torch.no_grad():
-            verts = ds.flame(item.params).vertices
-        center = verts[:, ds._head_mask].mean((0, 1)).double().numpy()
-        cases.append(EvalCase(seq.name, item, verts, center))
-    return cases
-
-
-def _read_views(folder: Path, names: list[str], frames: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.stack([np.asarray(Image.open(folder / n / f"{f:04d}.png").convert("RGB")) for f in range(frames)])
-                     for n in names])
-
-
-def image_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM over images (..., H, W, 3) uint8 (per image, then averaged)."""
-    from ..avatar.losses import psnr, ssim
-
-    p = torch.from_numpy(pred.reshape(-1, *pred.shape[-3:])).float() / 255.0
-    t = torch.from_numpy(truth.reshape(-1, *truth.shape[-3:])).float() / 255.0
-    ps = [psnr(a, b) for a, b in zip(p, t)]
-    ss = [float(ssim(a, b)) for a, b in zip(p, t)]
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
-
-
-def generate_case(components, case: EvalCase, flame, out: Path, *, guidance: str, views: int, seed: int,
-                  steps_key: int, steps_other: int) -> dict[str, Any]:
-    """Run the real MMVDM plan for one held-out identity; returns metrics, plan size and time."""
-    from ..fsutil import remove_inside
-    from ..generators.mmvdm import MMVDMGenerator, MMVDMSettings
-
-    it = case.item
-    ring = evaluation_ring(it.cameras, case.center, views)
-    settings = MMVDMSettings(seed=seed, steps_key=steps_key, steps_other=steps_other, guidance=guidance,
-                             sampler="joint", dtype="fp32", device="cpu", window_frames=49, context_frames=9)
-    gen = MMVDMGenerator(settings=settings, components=components)
-    if out.exists():  # our own earlier attempt at this case (views/ and state/ only), never anything else
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("views", "state"))
-        if foreign:
-            raise MVP4DError("OUTPUT_EXISTS", f"{out} holds files the experiment did not write ({foreign[0]!r})",
-                             "Move them away or choose another --out.")
-        remove_inside(out, out.parent)
-    t0 = time.time()
-    info = gen.generate(ring, case.vertices, flame, it.params, it.reference_params, it.reference_camera,
-                        it.reference_image, out / "views", out / "state", ref_outcrop=it.reference_outcrop)
-    pred = _read_views(out / "views", [c.name for c in it.cameras], it.num_frames)
-    m = image_metrics(pred, it.images)
-    m.update(passes=info["passes"], time_s=round(time.time() - t0, 1))
-    return m
-
-
-@torch.no_grad()
-def vae_ceiling(vae, cases: list[EvalCase]) -> dict[str, float]:
-    from ..mmvdm.vae import MMVDMVae
-
-    w = MMVDMVae(vae)
-    preds, truths = [], []
-    for c in cases:
-        x = torch.from_numpy(c.item.images).float().div(127.5).sub(1).permute(0, 1, 4, 2, 3)
-        rec = w.decode_views(w.encode_views(x))
-        preds.append(((rec.permute(0, 1, 3, 4, 2) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
-        truths.append(c.item.images)
-    return image_metrics(np.stack(preds), np.stack(truths))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,85 +237,6 @@ def run_cfg_ablation(out: str | Path, settings: ExperimentSettings, *, log: Call
 
 
 # ---------------------------------------------------------------------------------------------
-# docs/experiments.md
-# ---------------------------------------------------------------------------------------------
-
-_DOC_HEAD = """# Experiments
-
-Measured results of the backend's experiments, each section written by the command that produced it
-(re-running a preset replaces its section). Numbers are what was measured, whichever way they came out.
-"""
-
-
-def format_section(r: dict[str, Any]) -> str:
-    s = r["settings"]
-    cur = r["curriculum"]
-    label = {"none": "no CFG", "conventional": "conventional CFG", "multiview": "multi-view CFG"}
-    lines = [f"## CFG ablation (paper Table 7), small scale — preset `{s['preset']}`", "",
-             f"Command: `python -m backend experiment cfg-ablation --preset {s['preset']}{r.get('overrides', '')}` "
-             f"(total {r['times']['total_s'] / 60:.1f} min on {r['machine']['device']}, "
-             f"{r['machine']['threads']} torch thread(s); torch {r['machine']['torch']}).", "",
-             "| CFG mode | V | PSNR ↑ | SSIM ↑ | passes per identity |", "|---|---|---|---|---|"]
-    for row in r["rows"]:
-        lines.append(f"| {label[row['guidance']]} | {row['views']} | {row['psnr']:.2f} ± {row['psnr_std']:.2f} | "
-                     f"{row['ssim']:.3f} | {row['passes']} |")
-    for row in r["untrained"]:
-        lines.append(f"| *untrained model*, {label[row['guidance']]} | {row['views']} | {row['psnr']:.2f} ± "
-                     f"{row['psnr_std']:.2f} | {row['ssim']:.3f} | {row['passes']} |")
-    c = r["vae_ceiling"]
-    lines.append(f"| *VAE encode → decode of the ground truth (ceiling)* | – | {c['psnr']:.2f} | {c['ssim']:.3f} | – |")
-    lines += ["", "PSNR ± its standard deviation over the held-out identities; SSIM is the mean over identities.", ""]
-    gains = ", ".join(f"{label[g['guidance']]} V = {g['views']}: {g['gain_db']:+.2f} dB" for g in r["gains"])
-    lines.append(f"Trained vs untrained (same plan, same seeds): {gains} — the ≥ 3 dB acceptance "
-                 f"{'holds' if r['acceptance_3db'] else 'does NOT hold'}.")
-    vl = r["validation_loss"]
-    if vl:
-        lines.append(f"Validation v-loss (fixed batches): {vl[0][1]:.4f} at step {vl[0][0]} → {vl[-1][1]:.4f} at step "
-                     f"{vl[-1][0]}.")
-    lines += ["", "Settings:", "",
-              f"- data: {s['identities']} synthetic training identities × (monocular video {r['data']['monocular_frames']} "
-              f"frames, multi-view images {r['data']['multiview_image_views']} views, multi-view video "
-              f"{s['multiview_video_views']} views × {s['multiview_video_frames']} "
-              f"frames), rendered at {s['image_size']} px and cropped to {s['size']} px; {s['heldout']} held-out "
-              f"identities ({', '.join(r['heldout'])}), reference = frontal view at frame 0, targets = the 8 key "
-              "directions of the 120° ring over frames 4–12 (9 frames);",
-              f"- VAE stand-in: CogVideoX-style `AutoencoderKLCogVideoX`, {r['vae']['parameters']:,} parameters, "
-              f"{r['vae']['steps']} steps, scaling factor {r['vae']['scaling_factor']:.3f}, reconstruction PSNR "
-              f"{r['vae']['psnr']:.2f} dB on training crops;",
-              f"- MMVDM: `{s['transformer']}` transformer ({r['model']['parameters']:,} parameters: "
-              f"{r['model']['config']['num_layers']} layers, {r['model']['config']['num_attention_heads']} heads × "
-              f"{r['model']['config']['attention_head_dim']}, 59 conditioning channels), trained from scratch for "
-              f"{r['model']['trained_steps']} of {r['model'].get('planned_steps', '?')} planned steps "
-              f"({r['model'].get('train_status', '')}) at batch {s['batch_size']}, AdamW, EMA {s['ema_decay']} "
-              f"(evaluated), curriculum `{cur['name']}` rescaled: " +
-              "; ".join(f"{st['name']} {st['iterations']} it, lr {st['learning_rate']:g}, modes "
-                        f"{'/'.join(map(str, st['modes']))}, {', '.join(st['resolutions'])}" for st in cur["stages"]) +
-              f"; conditioning dropout {cur['conditioning_dropout']}; " +
-              (f"latent caching: each stage cycles the micro-batches of its first {s['pool_batches']} steps "
-               f"({s['pool_batches'] * s['batch_size']} items per stage, sampled, rendered and VAE-encoded once; "
-               "t and noise fresh every step);" if s.get("pool_batches") else "fresh items every step;"),
-              f"- sampling: the real plan through `MMVDMGenerator` (joint sampler, DDIM {s['steps_key']} steps for key "
-              f"views, {s['steps_other']} for clusters; multi-view CFG scale 1.1 → 1.6 with the angle to the closest "
-              "reference view, the same per-view scales for conventional CFG), seed "
-              f"{s['seed']}; V = 8: one mode-1 pass of all 8 views; V = 4: a mode-1 pass of 4 farthest-point key "
-              "views, then mode-2 passes of 2 views with their 2 nearest key views;",
-              f"- time: data {r['times']['data_s']} s, VAE {r['times']['vae_s']} s, training {r['times']['train_s']} s, "
-              f"evaluation {r['times']['eval_s']} s.", ""]
-    return "\n".join(lines)
-
-
-def write_doc(path: Path, results: dict[str, Any]) -> None:
-    text = path.read_text(encoding="utf-8") if path.is_file() else _DOC_HEAD
-    section = format_section(results)
-    title = section.splitlines()[0]
-    parts = text.split("\n## ")
-    head, sections = parts[0], ["## " + p for p in parts[1:]]
-    sections = [x for x in sections if x.splitlines()[0] != title]
-    sections.append(section)
-    write_text_atomic(path, head.rstrip("\n") + "\n\n" + "\n".join(x.rstrip("\n") + "\n" for x in sections))
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
 
@@ -465,3 +278,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+

@@ -27,7 +27,7 @@ import torch
 
 from ..conditioning.maps import NUM_CHANNELS, head_geometry, reference_conditioning, video_conditioning
 from ..flame import Flame
-from ..mmvdm.sampler import mode_masks
+from ..mmvdm.guidance import mode_masks
 from .curriculum import SampleMode, latent_frames
 from .data import TrainingItem
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -11,9 +11,6 @@ import torch
 from .curriculum import Curriculum
 from .data import MultiDataset
 from .objective import collate, prepare_sample
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 __all__ = ["StepBatches", "PoolIterator"]
 
@@ -56,10 +53,18 @@ class StepBatches(torch.utils.data.IterableDataset):
                 k += 1
 
 
+class PooledSource(Protocol):
+    """What :class:`PoolIterator` needs of the trainer (:class:`backend.training.trainer.Trainer`)."""
+
+    def accumulation(self, step: int) -> int: ...
+
+    def _pooled(self, step: int, micro: int) -> dict[str, Any]: ...
+
+
 class PoolIterator:
     """Micro-batches of steps ``start … end − 1`` from the trainer's latent pool (``pool_batches``)."""
 
-    def __init__(self, trainer: "Trainer", start: int, end: int):
+    def __init__(self, trainer: PooledSource, start: int, end: int):
         self.keys = iter([(s, m) for s in range(start, end) for m in range(trainer.accumulation(s))])
         self.trainer = trainer
 

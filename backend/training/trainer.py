@@ -1,46 +1,10 @@
-"""The MMVDM trainer: ``python -m backend train --config FILE [--resume auto|DIR] [--max-steps N]``.
+"""The MMVDM trainer (command line: ``python -m backend train --config FILE``, :mod:`.train_cli`).
 
 Runs on ``accelerate``: one CPU process for tests, one GPU, or many GPUs / hosts with
 ``accelerate launch -m backend train --config FILE`` (DDP; every rank holds the whole model and optimizer,
 which fits the 2B model on 80 GB GPUs with gradient checkpointing, like the paper's 8 × H100).
 
-Config (JSON or TOML; relative paths are relative to the config file)::
-
-    run_dir = "runs/mmvdm"                      # checkpoints/, logs/train.jsonl, final/ (MMVDM weights folder)
-    train_data = ["data/nersemble", "data/vfhq"]   # dataset folders (backend/training/layout.py format)
-    data_weights = [1.0, 1.0]                   # relative sampling weights (optional)
-    curriculum = "paper"                        # bundled name, a JSON file, or an inline table
-    micro_batch_size = 1                        # per process; accumulation = batch_size / (micro × processes)
-    seed = 0
-    mixed_precision = "auto"                    # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | no
-    gradient_checkpointing = true
-    max_grad_norm = 1.0
-    checkpoint_every = 1000                     # optimizer steps; also at the end of every stage and the run
-    keep_checkpoints = 3
-    log_every = 10
-    tensorboard = false                         # also TensorBoard scalars in logs/tensorboard (needs `tensorboard`)
-    attention_backend = "flash"                 # optional: diffusers attention backend (set_attention_backend)
-    num_workers = 4                             # data-loader processes per rank (decoding, cropping, maps)
-    pool_batches = 0                            # > 0: latent caching for small runs — each stage reuses the
-                                                #  micro-batches of its first P steps (sampled, rendered and
-                                                #  VAE-encoded once, kept in memory) cyclically; t and noise are
-                                                #  still fresh every step. 0/absent: new data every step
-    [model]
-    init = "cogvideox"                          # "cogvideox" (path = CogVideoX-2B diffusers folder, converted by
-    path = "/models/CogVideoX-2b"               #  backend.mmvdm.weights.build_mmvdm_from_cogvideox into
-                                                #  run_dir/init), "mmvdm" (path = an MMVDM weights folder), or
-                                                #  "scratch" (transformer = "tiny" | "small" | "2b" | {config},
-                                                #  vae = "tiny" | a diffusers VAE folder, init_seed)
-    [optimizer]                                 # AdamW
-    betas = [0.9, 0.95]
-    weight_decay = 1e-4
-    eps = 1e-8
-    [ema]                                       # optional
-    decay = 0.9999
-    [validation]                                # optional: fixed batches, fixed noise and timesteps
-    every = 500
-    batches = 4
-    data = ["data/heldout"]                     # default: the training data
+The config (JSON or TOML) and its format: :mod:`.config`.
 
 One optimizer step: the curriculum picks the stage (learning rate, global batch, modes, resolutions) for
 the step; each micro-batch draws its resolution and per-sample modes/dropout
@@ -67,12 +31,10 @@ after the checkpoint are dropped, so the file is the uninterrupted run's log.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import signal
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -81,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import EXIT_CANCELLED, EXIT_ERROR, MVP4DError
+from ..errors import MVP4DError
 from ..fsutil import write_json_atomic
 from .checkpoint import EMA, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import NAMED_TRANSFORMERS, TrainConfig, build_model, load_config, named_transformer, step_seed
@@ -90,7 +52,7 @@ from .data import MultiDataset, TrainingDataset
 from .objective import NUM_TRAIN_TIMESTEPS, diffusion_loss, encode_batch
 from .stream import PoolIterator, StepBatches
 
-__all__ = ["TrainConfig", "Trainer", "train", "load_config", "main", "NAMED_TRANSFORMERS", "build_model", "step_seed",
+__all__ = ["TrainConfig", "Trainer", "train", "load_config", "NAMED_TRANSFORMERS", "build_model", "step_seed",
            "named_transformer"]
 
 
@@ -127,7 +89,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, log: Callable[[str], None] | None = None):
         from accelerate import Accelerator
 
-        from ..mmvdm.sampler import make_scheduler
+        from ..mmvdm.schedule import make_scheduler
         from ..mmvdm.vae import MMVDMVae
 
         self.cfg = config
@@ -467,40 +429,3 @@ def train(config: TrainConfig | str | Path, *, resume: str | None = "auto", log:
     return Trainer(cfg, log=log).run(resume)
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m backend train", description="train the MMVDM (see "
-                                "backend/training/trainer.py for the config format)")
-    p.add_argument("--config", required=True, help="training config (.json or .toml)")
-    p.add_argument("--resume", default="auto", help="auto (latest checkpoint in run_dir), none, or a checkpoint folder")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in all")
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps in this invocation")
-    p.add_argument("--run-dir", default=None, help="override run_dir")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="force a device")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m backend train --config FILE``; prints one JSON line per log message and a summary."""
-    from ..events import EventSink
-
-    args = build_parser().parse_args(argv)
-    sink = EventSink(None, stream=sys.stdout)
-    try:
-        cfg = load_config(args.config, max_steps=args.max_steps, run_dir=args.run_dir, device=args.device)
-        trainer = Trainer(cfg, log=lambda m: sink.log(m, stage="train"))
-        summary = trainer.run(args.resume, stop_after=args.stop_after, install_signals=True)
-    except MVP4DError as e:
-        sink.error(e, stage="train")
-        return EXIT_ERROR
-    summary.pop("losses", None)
-    sink.done(summary)
-    return EXIT_CANCELLED if summary["status"] == "interrupted" else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -15,12 +15,13 @@ import numpy as np
 
 from ..io.binding import local_to_world, matrix_to_quat, quat_multiply, quat_normalize, smallest_axis_last
 from ..io.bundle import animation, read_bundle
-from ..io.cameras import FLAME_TO_BLENDER
-from .compat import get_modifier_input, set_modifier_input
+from ..io.camera_math import FLAME_TO_BLENDER
+from .compat import set_modifier_input
 from . import models, nodes, render, rig as rigmod, rig_params
+from .splat_mesh import _read, sh_dc_colour, srgb_to_linear
+from .splat_mesh import display_modifier, set_display  # noqa: F401 - the avatar's display, as panels and tools call it
 
 AVATAR_PROP = "mvp4d_avatar"
-SH_C0 = 0.28209479177387814
 Q_B2F = matrix_to_quat(FLAME_TO_BLENDER[:3, :3].T)
 
 
@@ -30,15 +31,6 @@ class AvatarImportError(ValueError):
 
 def is_avatar(obj) -> bool:
     return obj is not None and obj.type == "MESH" and bool(obj.get(AVATAR_PROP))
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def sh_dc_colour(sh: np.ndarray) -> np.ndarray:
-    return np.clip(0.5 + SH_C0 * sh[:, 0, :], 0.0, 1.0)
 
 
 def check_topology(rig, bundle) -> None:
@@ -200,49 +192,6 @@ def import_avatar(context, filepath: str, rig, *, animate: bool = True, name: st
         raise
 
 
-
-
-def set_colour_space(obj, srgb: bool) -> None:
-    """Emit the splats' sRGB values (blend like gsplat, shown with the Raw view) or linear colours.
-
-    The material reads ``splat_color``; this copies ``splat_color_srgb`` or the linear colours of
-    ``sh_0`` into it, so the switch costs one attribute write, not a material change."""
-    me = obj.data
-    if srgb:
-        src = _read(me, "splat_color_srgb", 4)
-    else:
-        rgb = srgb_to_linear(sh_dc_colour(_read(me, "sh_0", 3)[:, None, :]))
-        src = np.concatenate([rgb, np.ones((len(rgb), 1))], axis=1)
-    me.attributes["splat_color"].data.foreach_set("color", np.ascontiguousarray(src, np.float32).ravel())
-    obj["mvp4d_srgb_blend"] = bool(srgb)
-    me.update()
-
-
-def display_modifier(obj):
-    return next((m for m in obj.modifiers if m.type == "NODES" and m.node_group
-                 and m.node_group.name.startswith(nodes.DISPLAY_GROUP)), None)
-
-
-def set_display(obj, **values) -> None:
-    """Display options (``Show Splats``, ``Splat Size``, ``Min Opacity``, ``Point Radius``)."""
-    mod = display_modifier(obj)
-    for k, v in values.items():
-        set_modifier_input(mod, k, v)
-    obj.update_tag()
-
-
-def get_display(obj, name: str):
-    return get_modifier_input(display_modifier(obj), name)
-
-
-def _read(mesh, name: str, comps: int, dtype=np.float32) -> np.ndarray:
-    a = mesh.attributes[name]
-    key = "vector" if a.data_type == "FLOAT_VECTOR" else ("color" if a.data_type == "FLOAT_COLOR" else "value")
-    buf = np.empty(len(a.data) * comps, dtype)
-    a.data.foreach_get(key, buf)
-    return buf.reshape(-1, comps) if comps > 1 else buf
-
-
 def evaluated_splats(obj, depsgraph, space: str = "WORLD") -> dict[str, np.ndarray]:
     """The bound splats as Geometry Nodes evaluated them: positions, rotations (wxyz), linear scales.
 
@@ -271,3 +220,4 @@ def evaluated_splats(obj, depsgraph, space: str = "WORLD") -> dict[str, np.ndarr
         out["position"] = out["position"] @ FLAME_TO_BLENDER[:3, :3]
         out["rotation"] = quat_multiply(np.broadcast_to(Q_B2F, out["rotation"].shape), out["rotation"])
     return out
+

@@ -16,7 +16,7 @@ import numpy as np
 from ..io.binding import matrix_to_quat, quat_multiply, quat_to_matrix
 from ..io.gltf import RigExport, SplatExport, write_avatar_glb
 from ..io.ply import Splats, write_splat_ply
-from . import avatar as avatarmod, cameras as camops, models, rig as rigmod, rig_params
+from . import avatar as avatarmod, camera_objects as camops, models, rig as rigmod, rig_params
 
 FORMATS = [("PLY", "3DGS PLY (frame)", "Gaussians of one frame as an INRIA 3DGS .ply"),
            ("PLY_SEQUENCE", "PLY per frame", "One 3DGS .ply per frame of the scene range, in a folder"),
@@ -35,8 +35,8 @@ def splats_at_frame(scene, obj, frame: int) -> dict[str, np.ndarray]:
             scene.frame_set(cur)
     rig = obj.get("mvp4d_rig")
     inv = np.linalg.inv(camops.rig_frame(rig))
-    to_flame = rigmod.F3.T @ inv[:3, :3]
-    s["position"] = s["position"] @ to_flame.T + rigmod.F3.T @ inv[:3, 3]
+    to_flame = rigmod.FLAME_TO_BLENDER_ROTATION.T @ inv[:3, :3]
+    s["position"] = s["position"] @ to_flame.T + rigmod.FLAME_TO_BLENDER_ROTATION.T @ inv[:3, 3]
     s["rotation"] = quat_multiply(np.broadcast_to(matrix_to_quat(to_flame), s["rotation"].shape), s["rotation"])
     return s
 

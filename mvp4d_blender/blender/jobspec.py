@@ -15,8 +15,8 @@ import bpy
 import numpy as np
 
 from .. import backend_link
-from ..io.cameras import to_spec_dict
-from . import cameras as camops, rig_params
+from ..io.camera_math import to_spec_dict
+from . import camera_objects as camops, rig_params
 from . import common, rig as rigmod
 
 

@@ -19,7 +19,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from .. import backend_link
 from ..io.jobs import BackendProcess, JobError, write_job
-from . import avatar as avatarmod, cameras as camops, common, jobspec, models, rig as rigmod, runtime, rig_params
+from . import avatar as avatarmod, camera_objects as camops, common, jobspec, models, rig as rigmod, runtime, rig_params
 from .props import GENERATOR_ITEMS, PRESET_ITEMS
 
 
@@ -49,6 +49,9 @@ def finisher_for(kind: str, scene):
         return "INFO", apply_fit(bpy.context, sc.mvp4d.rig, job.process.workdir)
 
     return finish_fit if kind == "fit" else finish_generate
+
+
+runtime.register_finishers(finisher_for)
 
 
 def apply_fit(context, rig, track_dir: Path) -> str:

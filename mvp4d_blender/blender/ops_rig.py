@@ -12,7 +12,7 @@ from bpy_extras.io_utils import ImportHelper
 from .. import backend_link
 from ..io.flame import FlameFileError
 from ..io.jobs import JobError
-from . import cameras as camops, common, jobspec, models, rig as rigmod, rig_params
+from . import camera_objects as camops, common, jobspec, models, rig as rigmod, rig_params
 from .props import RING_ITEMS
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import bpy
 
 from ..io.estimates import describe
-from . import avatar as avatarmod, cameras as camops, common, rig as rigmod, runtime
+from . import avatar as avatarmod, camera_objects as camops, common, rig as rigmod, runtime
 from .compat import draw_modifier_input
 
 

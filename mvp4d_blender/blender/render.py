@@ -22,8 +22,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..io.cameras import camera_from_spec
-from . import avatar as avatarmod, cameras as camops
+from ..io.camera_math import camera_from_spec
+from . import camera_objects as camops, splat_mesh
 
 #: layered quads a ray may pass through: every quad crossed counts, even where its Gaussian is faint
 #: (measured: 32 -> 26.6 dB, 64 -> 31.8 dB, 128 -> 31.9 dB, 256 -> 31.9 dB, Standard colours)
@@ -62,7 +62,7 @@ def setup_render(scene, rig=None, samples: int = 1, avatar=None, colours: str = 
         rig.hide_render = True
         rig.display_type = "WIRE"
     if avatar is not None:
-        avatarmod.set_colour_space(avatar, colours == "BACKEND")
+        splat_mesh.set_colour_space(avatar, colours == "BACKEND")
 
 
 def add_corpus_cameras(context, rig, camera_ring: list[dict] | None):
@@ -111,11 +111,11 @@ def render_avatar(scene, avatar, camera, frame: int, resolution: int, engine: st
     r.image_settings.file_format, r.image_settings.color_mode = "PNG", "RGBA"
     old_cam, old_frame = scene.camera, scene.frame_current
     old_facing = facing = None
-    if avatarmod.display_modifier(avatar) is not None:  # camera-facing splats, projected like gsplat's
+    if splat_mesh.display_modifier(avatar) is not None:  # camera-facing splats, projected like gsplat's
         focal = camops.read_camera(camera, np.eye(4), r.resolution_x, r.resolution_y).K[0, 0]
-        old_facing = (avatarmod.get_display(avatar, "Camera"), avatarmod.get_display(avatar, "Focal"))
+        old_facing = (splat_mesh.get_display(avatar, "Camera"), splat_mesh.get_display(avatar, "Focal"))
         facing = (camera, float(focal))
-        avatarmod.set_display(avatar, Camera=facing[0], Focal=facing[1])
+        splat_mesh.set_display(avatar, Camera=facing[0], Focal=facing[1])
     scene.camera = camera
     scene.frame_set(int(avatar.get("mvp4d_first_frame", scene.frame_start)) + int(frame))
     target = Path(filepath)
@@ -129,6 +129,6 @@ def render_avatar(scene, avatar, camera, frame: int, resolution: int, engine: st
             tmp.unlink()
         scene.camera = old_cam
         if old_facing is not None:
-            avatarmod.set_display(avatar, Camera=old_facing[0], Focal=old_facing[1])
+            splat_mesh.set_display(avatar, Camera=old_facing[0], Focal=old_facing[1])
         scene.frame_set(old_frame)
     return target

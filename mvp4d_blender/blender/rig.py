@@ -30,10 +30,10 @@ import json
 import bpy
 import numpy as np
 
-from ..io.cameras import FLAME_TO_BLENDER
+from ..io.camera_math import FLAME_TO_BLENDER
 from ..io.flame import FlameArrays
 
-F3 = FLAME_TO_BLENDER[:3, :3]
+FLAME_TO_BLENDER_ROTATION = FLAME_TO_BLENDER[:3, :3]
 RIG_PROP = "mvp4d_rig"
 BONE_LENGTH = 0.02
 EXPR_RANGE = 5.0
@@ -46,11 +46,11 @@ _R_MINUS_I = {
 
 
 def to_blender(v: np.ndarray) -> np.ndarray:
-    return np.asarray(v, np.float64) @ F3.T
+    return np.asarray(v, np.float64) @ FLAME_TO_BLENDER_ROTATION.T
 
 
 def to_flame(v: np.ndarray) -> np.ndarray:
-    return np.asarray(v, np.float64) @ F3
+    return np.asarray(v, np.float64) @ FLAME_TO_BLENDER_ROTATION
 
 
 def is_rig(obj) -> bool:

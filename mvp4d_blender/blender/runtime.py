@@ -36,6 +36,17 @@ class RunningJob:
 
 _jobs: dict[str, RunningJob] = {}
 
+#: ``(kind, scene) -> on_finish`` for a job re-attached after a file load; ``ops_generate`` registers it
+#: (so this module never imports the operators that import it)
+FinisherFactory = Callable[[str, "bpy.types.Scene"], Callable[[RunningJob], tuple[str, str]] | None]
+_finisher_factory: FinisherFactory | None = None
+
+
+def register_finishers(factory: FinisherFactory) -> None:
+    """Say how a re-attached job of each kind is finished (import the avatar, apply the fit...)."""
+    global _finisher_factory
+    _finisher_factory = factory
+
 
 def key(job_dir) -> str:
     return str(Path(job_dir).resolve())
@@ -209,9 +220,8 @@ def _on_load_post(*_args):
             m.status, m.last_error = "INTERRUPTED", "The job stopped when Blender closed."
             m.last_hint = "Click Resume to continue it where it stopped."
             continue
-        from .ops_generate import finisher_for
-
-        job = RunningJob(proc, m.job_kind or "generate", finisher_for(m.job_kind or "generate", s), time.time())
+        kind = m.job_kind or "generate"
+        job = RunningJob(proc, kind, _finisher_factory(kind, s) if _finisher_factory else None, time.time())
         _jobs[key(m.job_dir)] = job
         if not bpy.app.timers.is_registered(_tick):
             bpy.app.timers.register(_tick, first_interval=0.1, persistent=True)

@@ -103,7 +103,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_job, flame, tmp
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_job, flame, tmp_path, monkeypatch):
-    real = fit_mod.L.photometric_loss
+    real = fit_mod.losses.photometric_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -111,7 +111,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_job
         out = real(*a, **k)
         return out * float("nan") if calls["n"] == 8 else out
 
-    monkeypatch.setattr(fit_mod.L, "photometric_loss", poisoned)
+    monkeypatch.setattr(fit_mod.losses, "photometric_loss", poisoned)
     with pytest.raises(MVP4DError) as ei:
         fit_avatar(tiny_job / "stages" / "corpus", flame, _shape(tiny_job, flame), _quick(), checkpoint_dir=tmp_path)
     e = ei.value
@@ -156,9 +156,9 @@ def test_camera_that_sees_nothing_is_bad_input(tiny_job, flame, tmp_path):
 
 
 def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame, monkeypatch):
-    from backend.avatar import stage as stage_mod
+    from backend.avatar import fit_export_stages as stage_mod
     from backend.avatar.bundle import read_bundle
-    from backend.avatar.stage import run_export, run_fit
+    from backend.avatar.fit_export_stages import run_export, run_fit
 
     threads_seen: list[int] = []
     render = stage_mod.render_bundle
@@ -203,7 +203,7 @@ def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame, mo
 
 def test_bundle_renders_like_the_fit(tiny_job, flame):
     from backend.avatar.losses import psnr
-    from backend.avatar.stage import bundle_from_result, render_bundle
+    from backend.avatar.fit_export_stages import bundle_from_result, render_bundle
 
     res = fit_avatar(tiny_job / "stages" / "corpus", flame, _shape(tiny_job, flame), _quick(iterations=30))
     assert float(res.detail_offsets.abs().max()) > 0  # the U-Net moved something

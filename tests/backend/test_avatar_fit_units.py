@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from backend.avatar import losses as L
+from backend.avatar import losses
 from backend.avatar.binding import LocalGaussians, local_to_world
 from backend.avatar.data import facing_faces
 from backend.avatar.densify import DensifyState, DensifyStrategy, GaussianStore, refine
@@ -30,10 +30,10 @@ def test_ssim_matches_skimage(seed):
     b = np.clip(np.roll(a, 1, axis=1) + 0.05 * rng.standard_normal(a.shape), 0, 1)
     ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                 data_range=1.0, channel_axis=-1)
-    ours = float(L.ssim(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)))
+    ours = float(losses.ssim(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)))
     assert 0.2 < ref < 0.99
     assert ours == pytest.approx(ref, abs=1e-3)
-    assert float(L.ssim(torch.tensor(a), torch.tensor(a))) == pytest.approx(1.0, abs=1e-6)
+    assert float(losses.ssim(torch.tensor(a), torch.tensor(a))) == pytest.approx(1.0, abs=1e-6)
 
 
 def _tet():
@@ -48,24 +48,24 @@ def test_velocity_losses_zero_when_static_positive_when_moving():
                            torch.zeros(4), torch.zeros(4, 1, 3))
     d = torch.randn(4, 3) * 0.01
     static = local_to_world(local, torch.stack([v, v]), f, detail_offsets=torch.stack([d, d]))
-    assert float(L.velocity_rotation_loss(static.quats[0], static.quats[1])) == pytest.approx(0.0, abs=1e-10)
-    assert float(L.velocity_deformation_loss(d, d)) == 0.0
+    assert float(losses.velocity_rotation_loss(static.quats[0], static.quats[1])) == pytest.approx(0.0, abs=1e-10)
+    assert float(losses.velocity_deformation_loss(d, d)) == 0.0
     R = axis_angle_to_matrix(torch.tensor([0.0, 0.3, 0.0]))
     moving = local_to_world(local, torch.stack([v, v @ R.T]), f)
-    rot = float(L.velocity_rotation_loss(moving.quats[0], moving.quats[1], weight=1.0))
+    rot = float(losses.velocity_rotation_loss(moving.quats[0], moving.quats[1], weight=1.0))
     assert rot == pytest.approx(0.3**2, rel=1e-4)  # every Gaussian turned by 0.3 rad
-    assert float(L.velocity_deformation_loss(d, d + 0.01, weight=1.0)) == pytest.approx(3 * 0.01**2, rel=1e-4)
-    assert float(L.velocity_deformation_loss(d, d + 0.01)) == pytest.approx(0.4 * 3e-4, rel=1e-4)
+    assert float(losses.velocity_deformation_loss(d, d + 0.01, weight=1.0)) == pytest.approx(3 * 0.01**2, rel=1e-4)
+    assert float(losses.velocity_deformation_loss(d, d + 0.01)) == pytest.approx(0.4 * 3e-4, rel=1e-4)
 
 
 def test_regularisers_and_laplacian():
-    assert float(L.scale_loss(torch.log(torch.full((5, 3), 0.5)))) == 0.0
-    assert float(L.scale_loss(torch.log(torch.full((5, 3), 1.6)))) == pytest.approx(math.sqrt(3), rel=1e-5)
-    assert float(L.position_loss(torch.full((5, 3), 0.1))) == 0.0
-    assert float(L.position_loss(torch.tensor([[3.0, 0, 0]]))) == pytest.approx(2.0)
+    assert float(losses.scale_loss(torch.log(torch.full((5, 3), 0.5)))) == 0.0
+    assert float(losses.scale_loss(torch.log(torch.full((5, 3), 1.6)))) == pytest.approx(math.sqrt(3), rel=1e-5)
+    assert float(losses.position_loss(torch.full((5, 3), 0.1))) == 0.0
+    assert float(losses.position_loss(torch.tensor([[3.0, 0, 0]]))) == pytest.approx(2.0)
     yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-    assert float(L.laplacian_loss((2 * xx + yy)[None, None].repeat(1, 3, 1, 1))) == pytest.approx(0.0, abs=1e-9)
-    assert float(L.laplacian_loss((xx**2)[None, None])) == pytest.approx(4.0)
+    assert float(losses.laplacian_loss((2 * xx + yy)[None, None].repeat(1, 3, 1, 1))) == pytest.approx(0.0, abs=1e-9)
+    assert float(losses.laplacian_loss((xx**2)[None, None])) == pytest.approx(4.0)
 
 
 def test_triangulation_recovers_known_points():

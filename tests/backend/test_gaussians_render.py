@@ -214,7 +214,7 @@ def test_nothing_visible_keeps_the_graph_and_culls():
 def test_float32_speed_and_chunking_are_consistent(monkeypatch):
     """Many splats in float32: chunked candidate enumeration and chunked, recomputed-in-backward
     compositing (what large images use) give the same image and gradients as one pass."""
-    import backend.render.gaussians as G
+    import backend.render.gaussians as gaussians
 
     g = torch.Generator().manual_seed(5)
     n = 2000
@@ -234,9 +234,9 @@ def test_float32_speed_and_chunking_are_consistent(monkeypatch):
     t0 = time.perf_counter()
     ref, ref_grads = run()
     assert time.perf_counter() - t0 < 10.0  # ~0.1 s on an idle core; generous for busy CI machines
-    monkeypatch.setattr(G, "_CANDIDATES_PER_CHUNK", 5000)
-    monkeypatch.setattr(G, "_PAIRS_PER_CHUNK", 3000)
-    monkeypatch.setattr(G, "_RECOMPUTE_ABOVE", 3000)
+    monkeypatch.setattr(gaussians, "_CANDIDATES_PER_CHUNK", 5000)
+    monkeypatch.setattr(gaussians, "_PAIRS_PER_CHUNK", 3000)
+    monkeypatch.setattr(gaussians, "_RECOMPUTE_ABOVE", 3000)
     small, grads = run()
     for name in ("rgb", "alpha", "depth"):
         torch.testing.assert_close(getattr(small, name), getattr(ref, name), atol=1e-5, rtol=0)

@@ -10,16 +10,9 @@ import torch
 
 from backend.errors import Cancelled, MVP4DError
 from backend.mmvdm.configs import tiny_config
-from backend.mmvdm.sampler import (
-    SCHEDULER_CONFIG,
-    _ddim_step,
-    guidance_scale,
-    guidance_scales,
-    make_scheduler,
-    mode_masks,
-    sample,
-    schedule,
-)
+from backend.mmvdm.guidance import guidance_scale, guidance_scales, mode_masks
+from backend.mmvdm.sampler import sample
+from backend.mmvdm.schedule import SCHEDULER_CONFIG, _ddim_step, make_scheduler, schedule
 from backend.mmvdm.transformer import MMVDMTransformer
 
 V, T, C, H, W, CC = 4, 3, 4, 8, 8, 59

@@ -8,7 +8,7 @@ import torch
 
 from backend.cameras import orbit_camera
 from backend.generators.projection import ProjectionGenerator, harmonic_fill
-from backend.stages import CROP_SCALE, head_bounds, reference_crop
+from backend.job_stages import CROP_SCALE, head_bounds, reference_crop
 from backend.tracking import get_flame, track_image
 from backend.tracking.image import default_reference_image
 

@@ -252,6 +252,6 @@ def test_every_setting_has_a_rule_and_the_stage_list_matches():
     assert set(DENSIFY_RULES) == {f.name for f in fields(DensifyStrategy)}
     for preset in ("tiny", "preview", "120", "360"):
         FitSettings.from_json({}, preset).validate()  # every preset obeys its own rules
-    from backend.stages import STAGES
+    from backend.job_stages import STAGES
 
     assert tuple(st.name for st in STAGES) == JOB_STAGES

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from backend.errors import MVP4DError
 from backend.training.data import DatasetError
 from backend.training.synthetic import SyntheticConfig, generate_synthetic_dataset
-from backend.training.trainer import TrainConfig, Trainer, load_config, main
+from backend.training.train_cli import main
+from backend.training.trainer import TrainConfig, Trainer, load_config
 
 DATA = SyntheticConfig(identities=2, seed=11, image_size=48, monocular_frames=21, multiview_image_views=6,
                        multiview_video_views=4, multiview_video_frames=9)
@@ -101,7 +102,7 @@ def test_init_from_cogvideox_folder(tmp_path, data_dir):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
     from backend.mmvdm.configs import tiny_config, tiny_vae_config
-    from backend.mmvdm.sampler import SCHEDULER_CONFIG
+    from backend.mmvdm.schedule import SCHEDULER_CONFIG
 
     src = tmp_path / "cogvideox"
     torch.manual_seed(0)

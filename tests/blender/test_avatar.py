@@ -57,8 +57,8 @@ def _splats(scene, obj, frame):
 
 
 def _rot_err(q1, q2):
-    b = import_module(f"{ADDON}.io.binding")
-    return np.abs(b.quat_to_matrix(q1) - b.quat_to_matrix(q2)).max()
+    binding = import_module(f"{ADDON}.io.binding")
+    return np.abs(binding.quat_to_matrix(q1) - binding.quat_to_matrix(q2)).max()
 
 
 def test_import_builds_a_bound_point_mesh(scene, toy_bundle):
@@ -92,15 +92,15 @@ def test_geometry_nodes_match_backend_binding(scene, toy_bundle, tmp_path):
 def test_editing_expression_keys_reanimates_the_avatar(scene, toy_bundle, tmp_path):
     obj = _import(scene, toy_bundle)
     rig = scene.mvp4d.rig
-    rp = import_module(f"{ADDON}.blender.rig_params")
+    rig_params = import_module(f"{ADDON}.blender.rig_params")
     frame = scene.frame_start + 3
     before = _splats(scene, obj, frame)["position"]
     names = import_module(f"{ADDON}.blender.rig").expression_names(rig)
     k = names.index("smile")
-    rp_seq = rp.read_sequence(rig, np.arange(scene.frame_start, scene.frame_end + 1, dtype=float))
+    rp_seq = rig_params.read_sequence(rig, np.arange(scene.frame_start, scene.frame_end + 1, dtype=float))
     expr = rp_seq["expr"].copy()
     expr[3, k] = 1.0
-    rp.keyframe_sequence(rig, {**{kk: rp_seq[kk] for kk in ("jaw_pose", "neck_pose", "eye_pose", "global_rot",
+    rig_params.keyframe_sequence(rig, {**{kk: rp_seq[kk] for kk in ("jaw_pose", "neck_pose", "eye_pose", "global_rot",
                                                             "transl")}, "expr": expr}, scene.frame_start)
     after = _splats(scene, obj, frame)["position"]
     moved = np.linalg.norm(after - before, axis=1)
@@ -199,7 +199,7 @@ def test_generate_on_the_embedded_default_imports_a_bound_avatar(scene, astronau
 def test_reimport_keeps_the_artists_keyframes_unless_asked(scene, toy_bundle, tmp_path):
     _import(scene, toy_bundle)
     rig = scene.mvp4d.rig
-    rp = import_module(f"{ADDON}.blender.rig_params")
+    rig_params = import_module(f"{ADDON}.blender.rig_params")
     # the avatar's own keys are replaced by a re-import without asking
     assert bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle)) == {"FINISHED"}
     T = 7
@@ -210,6 +210,6 @@ def test_reimport_keeps_the_artists_keyframes_unless_asked(scene, toy_bundle, tm
     assert bpy.ops.mvp4d.import_sequence(filepath=str(tmp_path / "artist.npz")) == {"FINISHED"}
     frames = np.arange(scene.frame_start, scene.frame_start + T, dtype=float)
     assert bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle)) == {"FINISHED"}
-    np.testing.assert_allclose(rp.read_sequence(rig, frames)["expr"], 0.3, atol=1e-6)  # kept
+    np.testing.assert_allclose(rig_params.read_sequence(rig, frames)["expr"], 0.3, atol=1e-6)  # kept
     assert bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle), replace_keyframes=True) == {"FINISHED"}
-    assert np.abs(rp.read_sequence(rig, frames[:5])["expr"] - 0.3).max() > 0.05  # the avatar's now
+    assert np.abs(rig_params.read_sequence(rig, frames[:5])["expr"] - 0.3).max() > 0.05  # the avatar's now

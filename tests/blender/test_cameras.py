@@ -18,7 +18,7 @@ from backend.cameras import ring_preset
 from backend.conditioning.crop import CROP_SCALE
 from backend.flame import Flame, load_flame
 from backend.protocol import PRESETS
-from backend.stages import head_bounds
+from backend.job_stages import head_bounds
 distance = float(sys.argv[1])
 flame = Flame(load_flame("toy"))
 center, extent = head_bounds(flame, torch.zeros(flame.num_shape))
@@ -48,7 +48,7 @@ print(json.dumps(out))
 
 
 def test_conversion_equals_backend(addon, tmp_path):
-    cams = import_module(f"{ADDON}.io.cameras")
+    cams = import_module(f"{ADDON}.io.camera_math")
     rng = np.random.default_rng(1)
     cases = []
     for i in range(12):
@@ -79,7 +79,7 @@ def test_conversion_equals_backend(addon, tmp_path):
 
 
 def test_ring_layouts_equal_backend(addon):
-    cams = import_module(f"{ADDON}.io.cameras")
+    cams = import_module(f"{ADDON}.io.camera_math")
     ref = json.loads(backend_run("import json; from backend.cameras import RING_LAYOUTS; print(json.dumps(RING_LAYOUTS))"))
     assert {k: [[list(v) for v in part] for part in lay] for k, lay in cams.RING_LAYOUTS.items()} == ref
 
@@ -94,7 +94,7 @@ def test_ring_read_back_equals_backend_ring(scene, preset, backend_rings):
     bpy.ops.mvp4d.add_rig(source="TOY")
     assert bpy.ops.mvp4d.add_camera_ring(preset=preset, distance=0.9) == {"FINISHED"}
     coll = scene.mvp4d.cameras
-    camops = import_module(f"{ADDON}.blender.cameras")
+    camops = import_module(f"{ADDON}.blender.camera_objects")
     proto = import_module(f"{ADDON}.backend_link").protocol()
     got = camops.read_ring(coll, scene.mvp4d.rig, proto.PRESETS[preset].resolution)
     ref = {c["name"]: c for c in backend_rings[preset]}
@@ -115,7 +115,7 @@ def test_ring_read_back_equals_backend_ring(scene, preset, backend_rings):
 def test_cameras_are_read_back_as_they_are(scene):
     bpy.ops.mvp4d.add_rig(source="TOY")
     bpy.ops.mvp4d.add_camera_ring(preset="tiny", distance=1.0)
-    camops = import_module(f"{ADDON}.blender.cameras")
+    camops = import_module(f"{ADDON}.blender.camera_objects")
     obj = camops.collection_cameras(scene.mvp4d.cameras)[0]
     before = camops.read_camera(obj, np.eye(4), 64, 64)
     obj.location.x += 0.1
@@ -132,7 +132,7 @@ def test_custom_ring_and_moved_rig(scene):
     rig = scene.mvp4d.rig
     scene.mvp4d.ring_preset = "custom"
     assert bpy.ops.mvp4d.add_camera_ring(count=9, azimuth_range=360.0, elevation=10.0, distance=1.2) == {"FINISHED"}
-    camops = import_module(f"{ADDON}.blender.cameras")
+    camops = import_module(f"{ADDON}.blender.camera_objects")
     specs = camops.read_ring(scene.mvp4d.cameras, rig, 128)
     assert len(specs) == 9 and sum(s["key"] for s in specs) == 3
     # moving the whole rig moves nothing the backend sees
@@ -151,7 +151,7 @@ def test_camera_object_names_become_names_the_backend_accepts(scene):
     rig = scene.mvp4d.rig
     scene.mvp4d.ring_preset = "custom"
     assert bpy.ops.mvp4d.add_camera_ring(count=8, azimuth_range=120.0, elevation=0.0, distance=1.2) == {"FINISHED"}
-    camops = import_module(f"{ADDON}.blender.cameras")
+    camops = import_module(f"{ADDON}.blender.camera_objects")
     hostile = ["..", ".hidden", "CON", "Cam", "cam", "a/../../b", "x.", "\u00e9" * 70]
     for obj, name in zip(camops.collection_cameras(scene.mvp4d.cameras), hostile):
         obj.name = name

@@ -71,9 +71,9 @@ def test_job_folder_from_the_scene(scene, astronaut, fake_backend, tmp_path):
     _ready_scene(astronaut)
     bpy.ops.mvp4d.add_camera_ring(preset="tiny", distance=1.0)
     rig = scene.mvp4d.rig
-    rp = import_module(f"{ADDON}.blender.rig_params")
+    rig_params = import_module(f"{ADDON}.blender.rig_params")
     T = 6
-    rp.keyframe_sequence(rig, {"expr": np.linspace(0, 1, T)[:, None] * np.eye(12)[1], "jaw_pose": np.zeros((T, 3))}, 3)
+    rig_params.keyframe_sequence(rig, {"expr": np.linspace(0, 1, T)[:, None] * np.eye(12)[1], "jaw_pose": np.zeros((T, 3))}, 3)
     scene.mvp4d.animation_source, scene.mvp4d.frame_start, scene.mvp4d.frame_end = "RIG", 3, 8
     job = tmp_path / "job"
     assert bpy.ops.mvp4d.generate_avatar(output_dir=str(job), wait=True) == {"FINISHED"}

@@ -30,6 +30,9 @@ def test_zip_layout(addon_zip):
     assert "mvp4d_blender/blender_manifest.toml" in names
     assert "mvp4d_blender/__init__.py" in names
     assert "mvp4d_blender/backend_src/backend/protocol.py" in names
+    # the contract's definitions, which protocol.py gathers, ship with it
+    for part in ("__init__", "presets", "validation", "jobspec", "event_schema", "file_formats"):
+        assert f"mvp4d_blender/backend_src/backend/contract/{part}.py" in names
     assert "mvp4d_blender/backend_src/pyproject.toml" in names
     assert any(n.startswith("mvp4d_blender/wheels/safetensors-") for n in names)
     assert not any("__pycache__" in n for n in names)
@@ -57,6 +60,7 @@ def test_installed_and_enabled(addon):
     link = import_module(f"{ADDON}.backend_link")
     assert "backend_src" in str(link.backend_root())
     assert link.protocol().SCHEMA_VERSION >= 1
+    assert link.protocol().JobSpec.__module__ == f"{ADDON}._backend.contract.jobspec"
     assert "torch" not in sys.modules  # the add-on never imports the ML stack
 
 

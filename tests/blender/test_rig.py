@@ -49,7 +49,7 @@ def test_add_rig_structure(scene):
     assert arm.data.bones["jaw"].parent.name == "MCH-jaw" and arm.data.bones["MCH-jaw"].parent.name == "DEF-neck"
     assert [b.name for b in arm.data.bones if b.use_deform] == ["DEF-" + n for n in controls]
     for b in arm.data.bones:  # bone axes are FLAME axes: a bone's local rotation is FLAME's axis-angle
-        np.testing.assert_allclose(np.array(b.matrix_local)[:3, :3], rigmod.F3, atol=1e-6)
+        np.testing.assert_allclose(np.array(b.matrix_local)[:3, :3], rigmod.FLAME_TO_BLENDER_ROTATION, atol=1e-6)
     assert sorted(g.name for g in rig.vertex_groups) == sorted("DEF-" + n for n in controls)
     mod = rig.modifiers["FLAME skinning"]
     assert mod.object == arm and not mod.use_deform_preserve_volume
@@ -122,14 +122,14 @@ def test_keyframes_round_trip(scene):
     rig = scene.mvp4d.rig
     rng = np.random.default_rng(5)
     seq = _params(rng, 12, T=7)
-    rp = import_module(f"{ADDON}.blender.rig_params")
-    rp.keyframe_sequence(rig, seq, 10)
-    got = rp.read_sequence(rig, np.arange(10, 17, dtype=float))
+    rig_params = import_module(f"{ADDON}.blender.rig_params")
+    rig_params.keyframe_sequence(rig, seq, 10)
+    got = rig_params.read_sequence(rig, np.arange(10, 17, dtype=float))
     for k in seq:
         np.testing.assert_allclose(got[k], seq[k], atol=1e-5, err_msg=k)
     # the frame the rig shows is the keyed one
     scene.frame_set(12)
-    np.testing.assert_allclose(rp.get_parameters(rig)["jaw_pose"], seq["jaw_pose"][2], atol=1e-5)
+    np.testing.assert_allclose(rig_params.get_parameters(rig)["jaw_pose"], seq["jaw_pose"][2], atol=1e-5)
 
 
 def test_import_sequence_operator(scene, tmp_path):

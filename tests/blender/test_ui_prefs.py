@@ -117,7 +117,7 @@ def test_fit_rig_to_reference_then_generate_uses_it(scene, astronaut, tmp_path):
     assert np.abs(np.asarray(rig["mvp4d_shape"])).max() > 0  # the identity was fitted
     # a ring added now sits at the photo's camera distance, like the backend's preset rings
     assert bpy.ops.mvp4d.add_camera_ring(preset="tiny") == {"FINISHED"}
-    camops = import_module(f"{ADDON}.blender.cameras")
+    camops = import_module(f"{ADDON}.blender.camera_objects")
     ref = camops.read_camera(cam, camops.rig_frame(rig), 512, 512)
     ring = camops.read_camera(camops.collection_cameras(scene.mvp4d.cameras)[0], camops.rig_frame(rig), 64, 64)
     centre = lambda c: -c.world_to_cam[:3, :3].T @ c.world_to_cam[:3, 3]  # noqa: E731
@@ -254,7 +254,7 @@ def test_unset_ring_arguments_use_the_scene_and_distance_zero_is_auto(scene):
     m.ring_preset, m.ring_count, m.ring_distance = "custom", 5, 0.0
     assert "auto" in m.bl_rna.properties["ring_distance"].name
     assert bpy.ops.mvp4d.add_camera_ring() == {"FINISHED"}
-    camops = import_module(f"{ADDON}.blender.cameras")
+    camops = import_module(f"{ADDON}.blender.camera_objects")
     assert len(camops.collection_cameras(m.cameras)) == 5
     assert bpy.ops.mvp4d.add_camera_ring(count=3) == {"FINISHED"}
     assert len(camops.collection_cameras(m.cameras)) == 3

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
 from backend.mmvdm.configs import tiny_config, tiny_vae_config
-from backend.mmvdm.sampler import SCHEDULER_CONFIG
+from backend.mmvdm.schedule import SCHEDULER_CONFIG
 from backend.mmvdm.transformer import MMVDMTransformer
 from backend.mmvdm.weights import save_mmvdm
 from backend.protocol import PRESETS

@@ -1,6 +1,5 @@
-"""The job's stages in order (:data:`STAGES`): ``track``, ``corpus`` here; ``fit``, ``export`` in :mod:`.avatar.stage`.
-
-``track`` fits FLAME and the camera to the reference photo; ``corpus`` makes the multi-view videos.
+"""The job's stages in order (:data:`STAGES`): ``track`` (reference photo → FLAME + camera) and ``corpus``
+(multi-view videos) here, ``fit`` and ``export`` in :mod:`backend.avatar.fit_export_stages`.
 
 Each stage reads the spec and the previous stages' folders, writes its own ``stages/<name>/`` and
 returns its outputs; :mod:`backend.jobs` runs them, skips finished ones and reports events.
@@ -33,7 +32,7 @@ from .flame.io import load_flame
 from .flame.lbs import Flame, FlameParams
 from .fsutil import atomic_dir, atomic_path, write_json_atomic
 from .generators import build_generator
-from .jobs import Stage, StageContext, stage_dir
+from .stage_context import Stage, StageContext, stage_dir
 from .jobpaths import confine
 from .preview import contact_sheet
 from .protocol import JobSpec
@@ -231,7 +230,7 @@ def _manifest(spec: JobSpec, ring: CameraRing, num_frames: int) -> dict[str, Any
 
 
 def _fit_stages() -> list[Stage]:
-    from .avatar.stage import run_export, run_fit
+    from .avatar.fit_export_stages import run_export, run_fit
 
     return [Stage("fit", run_fit), Stage("export", run_export)]
 

@@ -1,6 +1,6 @@
 """Camera rings as real Blender cameras, and reading any camera back as an OpenCV camera in FLAME space.
 
-Placement and read-back both go through ``io/cameras.py`` (the backend's own camera conversion,
+Placement and read-back both go through ``io/camera_math.py`` (the backend's own camera conversion,
 imported torch-free). Cameras are expressed relative to the rig's armature object, so moving the whole rig in
 the scene does not change what the backend sees. Key views sit in a child collection "Key views",
 are drawn larger and carry ``mvp4d_key``; whatever the artist does to a camera afterwards (move,
@@ -15,7 +15,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..io.cameras import (RING_LAYOUTS, OpenCVCamera, blender_from_opencv, camera_from_spec, custom_layout,
+from ..io.camera_math import (RING_LAYOUTS, OpenCVCamera, blender_from_opencv, camera_from_spec, custom_layout,
                           opencv_from_blender, to_spec_dict,
                           ring_cameras, ring_framing)
 from .. import backend_link

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..jobs import StageContext, stage_dir
+from ..stage_context import StageContext, stage_dir
 from ..protocol import CameraSpec
 from ..threads import torch_threads
 from .fit import FitResult, fit_avatar
@@ -31,7 +31,7 @@ PREVIEW_NAME = "outputs/avatar_preview.png"
 
 
 def _flame(ctx: StageContext):
-    # same cache key as backend.stages, so one run loads the head model once
+    # same cache key as backend.job_stages, so one run loads the head model once
     if "flame" not in ctx.cache:
         from ..flame.io import load_flame
         from ..flame.lbs import Flame
