@@ -22,7 +22,6 @@ from .splat_mesh import _read, sh_dc_colour, srgb_to_linear
 from .splat_mesh import display_modifier, set_display  # noqa: F401 - the avatar's display, as panels and tools call it
 
 AVATAR_PROP = "mvp4d_avatar"
-Q_F2B = matrix_to_quat(FLAME_TO_BLENDER[:3, :3])  # rotation FLAME -> Blender axes (wxyz)
 Q_B2F = matrix_to_quat(FLAME_TO_BLENDER[:3, :3].T)
 
 

@@ -142,17 +142,6 @@ def _remove_id(idb) -> None:
         pass
 
 
-def delete_rig(rig) -> None:
-    """Remove a rig built by :func:`build_rig` (mesh, armature, shape keys, actions stay for undo)."""
-    arm = armature_of(rig)
-    me, arm_data = rig.data, arm.data if arm else None
-    bpy.data.objects.remove(rig)
-    bpy.data.meshes.remove(me)
-    if arm is not None:
-        bpy.data.objects.remove(arm)
-        bpy.data.armatures.remove(arm_data)
-
-
 def _joint_bones(name: str) -> tuple[str, str, str]:
     """(offset, animated, deforming) bone names of a joint."""
     return f"MCH-{name}", name, f"DEF-{name}"
