@@ -56,6 +56,14 @@ def add_driver(owner, data_path: str, index: int = -1):
     return fc
 
 
+def set_wildcard_pattern(node) -> None:
+    """Remove Named Attribute matching a ``*`` pattern: a node property on 4.2-4.5, a menu input on 5.x."""
+    if "Pattern Mode" in node.inputs:
+        node.inputs["Pattern Mode"].default_value = "Wildcard"
+    else:
+        node.pattern_mode = "WILDCARD"
+
+
 def set_surface_render_method(mat, method: str) -> None:
     """EEVEE Next's per-material transparency mode ('DITHERED'/'BLENDED'); absent before 4.2."""
     if hasattr(mat, "surface_render_method"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bpy
 
-from .compat import set_surface_render_method, use_material_nodes
+from .compat import set_surface_render_method, set_wildcard_pattern, use_material_nodes
 
 BINDING_GROUP = "MVP4D Splat Binding"
 DISPLAY_GROUP = "MVP4D Splat Display"
@@ -271,7 +271,7 @@ def _drawn_attributes_only(g: _G, geo):
     for pattern in _NOT_DRAWN:
         n = g.node("GeometryNodeRemoveAttribute")
         if "*" in pattern:
-            n.pattern_mode = "WILDCARD"
+            set_wildcard_pattern(n)
         g.link(geo, n.inputs["Geometry"])
         n.inputs["Name"].default_value = pattern
         geo = n.outputs[0]
