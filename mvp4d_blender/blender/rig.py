@@ -32,6 +32,7 @@ import numpy as np
 
 from ..io.camera_math import FLAME_TO_BLENDER
 from ..io.flame import FlameArrays
+from .compat import add_driver
 
 FLAME_TO_BLENDER_ROTATION = FLAME_TO_BLENDER[:3, :3]
 RIG_PROP = "mvp4d_rig"
@@ -214,7 +215,7 @@ def _build_joint_drivers(rig, arm, model: FlameArrays) -> int:
             if not len(nz):
                 continue
             for bone, sign in ((mch, 1.0), (dfm, -1.0)):
-                drv = arm.pose.bones[bone].driver_add("location", c).driver
+                drv = add_driver(arm.pose.bones[bone], "location", c).driver
                 drv.type = "SCRIPTED"
                 terms = []
                 for k in nz:
@@ -267,7 +268,7 @@ def _build_correctives(rig, arm, model: FlameArrays, basis_flame: np.ndarray) ->
         j, a, b = 1 + k // 9, (k % 9) // 3, k % 3
         key_name = f"pose_{names[j]}_{a}{b}"
         kb = _add_key(rig, key_name, to_blender(basis_flame + model.posedirs[:, :, k]), -2.0, 2.0)
-        fc = kb.driver_add("value")
+        fc = add_driver(kb, "value")
         drv = fc.driver
         drv.type = "SCRIPTED"
         for comp in ("w", "x", "y", "z"):

@@ -294,3 +294,58 @@ def test_vram_texts_say_what_the_backend_does(addon):
         assert ("CFG halves in separate calls" in text) == (not c["cfg_batched"]), mode
         if mode != "LOW":  # LOW's CAP4D text names its CFG split instead (one group, as in MEDIUM)
             assert {1: "one view group", 4: "four view groups"}[c["groups_per_batch"]] in text, mode
+
+
+def test_fit_rig_is_reachable_from_the_object_menus(scene, astronaut):
+    """Fit rig to reference: in the Object menu and the right-click menu, and in the Reference panel,
+    enabled once a photo and a rig are set (disabled with the reason before)."""
+    menu = getattr(bpy.types, "MVP4D_MT_object")
+    ops = []
+
+    class _Menu:
+        def operator(self, idname, **_kw):
+            mod, op = idname.split(".")
+            assert hasattr(getattr(bpy.ops, mod), op), idname
+            ops.append(idname)
+
+    menu.draw(type("M", (), {"layout": _Menu()})(), bpy.context)
+    assert "mvp4d.fit_rig" in ops and ops.index("mvp4d.add_rig") < ops.index("mvp4d.fit_rig")
+    menus = import_module(f"{ADDON}.blender.menus")
+    for parent in menus.PARENTS:  # appended to Blender's menus (draw functions of the menu type)
+        assert menus._draw_submenu in getattr(bpy.types, parent)._dyn_ui_initialize()
+
+    panel = next(c for c in bpy.types.Panel.__subclasses__() if c.__name__ == "MVP4D_PT_reference")
+
+    def fit_button():
+        rows, labels = [], []
+
+        class _L:
+            enabled = True
+
+            def __getattr__(self, name):
+                return lambda *a, **k: _L()
+
+            def row(self, **_k):
+                r = _L()
+                rows.append(r)
+                return r
+
+            def operator(self, idname, **_k):
+                self.op = idname
+                return _L()
+
+            def label(self, text="", **_k):
+                labels.append(text)
+
+        panel.draw(type("P", (), {"layout": _L()})(), bpy.context)
+        row = next(r for r in rows if getattr(r, "op", "") == "mvp4d.fit_rig")
+        return row.enabled, labels
+
+    enabled, labels = fit_button()
+    assert not enabled and "Pick a portrait photo first" in labels
+    scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+    enabled, labels = fit_button()
+    assert not enabled and "Add or pick a FLAME rig first" in labels
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    enabled, labels = fit_button()
+    assert enabled and not [t for t in labels if "first" in t]
