@@ -26,23 +26,23 @@ WEB_STAMP := web/node_modules/.installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: on this project's machines the local CPU build, elsewhere the registry's build.
-	$(PY) -m pip install "torch==2.13.0"
-	$(PY) -m pip install -e ".[dev,scale]"
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev,scale]"
 	touch $(STAMP)
 
 $(BSTAMP): Makefile
 	test -x $(BPY) || $(PYTHON) -m venv $(BVENV)
-	$(BPY) -m pip install --upgrade pip
-	$(BPY) -m pip install "bpy==4.5.*" "numpy<2" "pytest>=8" "safetensors==0.8.0"
+	$(BPY) -m pip install -q --upgrade pip
+	$(BPY) -m pip install -q "bpy==4.5.*" "numpy<2" "pytest>=8" "safetensors==0.8.0"
 	touch $(BSTAMP)
 
 $(BSTAMP5): Makefile
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 is needed for the bpy 5.x tests: install it or pass PYTHON313=/path/to/python3.13"; exit 1; }
 	test -x $(BPY5) || $(PYTHON313) -m venv $(BVENV5)
-	$(BPY5) -m pip install --upgrade pip
-	$(BPY5) -m pip install "bpy==5.3.*" "pytest>=8" "safetensors==0.8.0"
+	$(BPY5) -m pip install -q --upgrade pip
+	$(BPY5) -m pip install -q "bpy==5.3.*" "pytest>=8" "safetensors==0.8.0"
 	touch $(BSTAMP5)
 
 $(NODE_STAMP): tools/package.json tools/package-lock.json
@@ -76,10 +76,10 @@ test-blender: $(STAMP) $(BSTAMP) $(BSTAMP5) $(NODE_STAMP)
 	$(BPY5) -m pytest -q tests/blender
 
 # the main job on the embedded default: the backend's job in out/demo (contact sheet, avatar, PLYs),
-# then the same in Blender through the add-on (out/demo/blender: .blend, render, .glb, .ply)
+# then its avatar in Blender through the add-on (out/demo/blender: .blend, render, .glb, .ply)
 demo: $(STAMP) $(BSTAMP)
 	$(PY) -m backend demo --out out/demo
-	$(BPY) tools/blender_demo.py --out out/demo/blender
+	$(BPY) tools/blender_demo.py --out out/demo/blender --avatar out/demo/outputs/avatar.safetensors
 
 # the embedded default end to end in Blender: out/demo/blender/{avatar.blend,render.png,avatar.glb,avatar.ply}
 demo-blender: $(STAMP) $(BSTAMP)

@@ -1,9 +1,8 @@
-"""``python -m backend ...``: the backend's command line.
+"""``python -m backend ...``: the backend's command line (``python -m backend --help`` lists the commands).
 
-Commands: ``doctor`` (what is installed and found, as JSON), ``track`` (FLAME fit to one image),
-``corpus`` (create a job folder and run it up to the multi-view corpus), ``run`` (run or resume any
-job folder), ``demo`` (the main job on the embedded default). Every command reports through events
-on stdout (one JSON object per line); failures end with an ``error`` event and a non-zero exit.
+Every command reports through events (:mod:`backend.events`): one JSON object per line on stdout when
+stdout is a pipe or ``--json`` is given, drawn as progress bars and a summary on a terminal
+(:mod:`backend.console`). Failures end with an ``error`` event and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -207,6 +206,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, preset: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true",
+                        help="print events as JSON lines even on a terminal (always so when stdout is a pipe)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("doctor", help="report versions, device, gsplat path, FLAME and weights (JSON)")
@@ -274,15 +275,42 @@ def main(argv: list[str] | None = None) -> int:
     turns the exception into a typed error (``INTERNAL`` only for bugs, with its traceback in a log
     file named in the message), so no traceback reaches the console. Usage errors keep argparse's
     message on stderr and exit 2, with a ``BAD_INPUT`` event on stdout as well.
+
+    On a terminal the events are drawn for a person (:mod:`backend.console`); with ``--json``, or
+    when stdout is a pipe (the add-on), they stay one JSON object per line.
     """
-    from .failures import classify, job_log_dir
+    from .console import human_console, wants_human_output
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    json_lines = _take_json_flag(argv)
+    with human_console(wants_human_output(json_lines)) as console:
+        return _main(argv, console)
+
+
+def _take_json_flag(argv: list[str]) -> bool:
+    """Remove ``--json`` (before the command, or anywhere in a job command's options); True if present.
+
+    Delegated tools keep theirs (``plan --json`` is the plan tool's own option).
+    """
+    if argv[:1] == ["--json"]:
+        del argv[0]
+        return True
+    if "--json" in argv and not (argv and argv[0] in DELEGATES):
+        argv.remove("--json")
+        return True
+    return False
+
+
+def _main(argv: list[str], console) -> int:  # noqa: ANN001 - console.EventConsole | None
+    from .failures import classify, job_log_dir
+
     args: argparse.Namespace | None = None
     try:
         if argv and argv[0] in DELEGATES:  # argparse's REMAINDER drops leading options, so route directly
             return cmd_delegate(argparse.Namespace(command=argv[0], rest=argv[1:]))
         args = build_parser().parse_args(argv)
+        if console is not None:
+            console.base_dir = Path(_job_dir_of(args)) if _job_dir_of(args) else None
         return int(args.func(args))
     except SystemExit as e:
         if e.code in (None, 0) or not isinstance(e.code, int):

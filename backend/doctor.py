@@ -26,8 +26,9 @@ PACKAGES: dict[str, tuple[str, bool]] = {
     "safetensors": ("safetensors", True),
     "trimesh": ("trimesh", True),
     "plyfile": ("plyfile", True),
-    "diffusers": ("diffusers", False),
-    "gsplat": ("gsplat", False),
+    "diffusers": ("diffusers", True),  # the MMVDM (transformer, VAE, scheduler)
+    "gsplat": ("gsplat", True),  # the avatar fit's Gaussian projection (CUDA kernels or its torch reference)
+    "rich": ("rich", True),  # the command line's progress display
 }
 
 
@@ -56,7 +57,9 @@ def _torch_info() -> dict[str, Any]:
 
 def _gsplat_path(cuda: bool) -> dict[str, Any]:
     if _version("gsplat") is None:
-        return {"ok": True, "path": "missing", "note": "gsplat is installed by the avatar-fitting stage's setup."}
+        return {"ok": False, "path": "missing",
+                "fix": "Run 'make install' in the project folder (or 'Install backend' in the add-on): "
+                       "the avatar fit needs gsplat==1.5.3."}
     return {"ok": True, "path": "cuda" if cuda else "cpu-reference"}
 
 

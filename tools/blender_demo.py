@@ -1,16 +1,20 @@
 """The main job on the embedded default, end to end in Blender (the end of ``make demo``).
 
-Run with Blender's Python:  ``.venv-blender/bin/python tools/blender_demo.py [--out out/demo/blender]``
+Run with Blender's Python:  ``.venv-blender/bin/python tools/blender_demo.py [--out out/demo/blender]
+[--avatar BUNDLE]``
 
 Builds the extension zip, installs it into a Blender profile kept inside ``out/`` (never the user's),
-points it at the backend's ``.venv/bin/python``, adds the toy FLAME rig and a camera ring, runs
-``generate_avatar(wait=True)`` on the astronaut photo, imports the avatar and leaves a ``.blend``, a 256^2
-Cycles render, a ``.glb`` and a ``.ply`` in the output folder.
+points it at the backend's ``.venv/bin/python``, adds the toy FLAME rig and a camera ring, then either
+runs ``generate_avatar(wait=True)`` on the astronaut photo (the add-on starts the backend, follows its
+events and imports the result: ``make demo-blender``) or, with ``--avatar``, imports a bundle the
+backend already made (``make demo``: the backend's own avatar, not fitted a second time), and leaves a
+``.blend``, a 256^2 Cycles render, a ``.glb`` and a ``.ply`` in the output folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,11 +23,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Send what C code prints to file descriptor 1 to /dev/null for a while (Python's own prints too)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "out" / "demo" / "blender"))
     ap.add_argument("--preset", default="preview", choices=["tiny", "preview", "120", "360"])
     ap.add_argument("--backend-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    ap.add_argument("--avatar", default=None,
+                    help="import this avatar bundle (e.g. out/demo/outputs/avatar.safetensors) instead of generating one")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -52,13 +74,19 @@ def main() -> int:
     scene.mvp4d.image = bpy.data.images.load(str(image))
     bpy.ops.mvp4d.add_rig(source="TOY")
     bpy.ops.mvp4d.add_camera_ring(preset=args.preset)
-    job = out / "job"
-    res = bpy.ops.mvp4d.generate_avatar(preset=args.preset, output_dir=str(job), wait=True)
-    print(f"generate_avatar: {res} {scene.mvp4d.last_error}")
-    if res != {"FINISHED"}:
-        return 1
+    if args.avatar:
+        res = bpy.ops.mvp4d.import_avatar(filepath=str(Path(args.avatar).resolve()))
+        print(f"import_avatar({args.avatar}): {res}")
+        if res != {"FINISHED"}:
+            return 1
+    else:
+        job = out / "job"
+        res = bpy.ops.mvp4d.generate_avatar(preset=args.preset, output_dir=str(job), wait=True)
+        print(f"generate_avatar: {res} {scene.mvp4d.last_error}")
+        if res != {"FINISHED"}:
+            return 1
     if scene.mvp4d.last_avatar is None:
-        print(f"generate_avatar finished but imported no avatar: {scene.mvp4d.last_error}")
+        print(f"no avatar was imported: {scene.mvp4d.last_error}")
         return 1
     avatar = scene.mvp4d.last_avatar
     cam = bpy.data.objects.new("Demo camera", bpy.data.cameras.new("Demo camera"))
@@ -66,8 +94,9 @@ def main() -> int:
     cam.location, cam.rotation_euler, cam.data.lens = (0.0, -0.75, 0.0), (1.5707963, 0.0, 0.0), 50
     scene.camera = cam
     # the add-on's render set-up (like the backend's renderer): Cycles, bundle frame 0, 256^2
-    bpy.ops.mvp4d.render_avatar(camera=cam.name, frame=0, resolution=256, engine="CYCLES",
-                                filepath=str(out / "render.png"), avatar=avatar.name)
+    with _quiet_stdout():  # Cycles prints a status line per step; the demo's account stays short
+        bpy.ops.mvp4d.render_avatar(camera=cam.name, frame=0, resolution=256, engine="CYCLES",
+                                    filepath=str(out / "render.png"), avatar=avatar.name)
     bpy.ops.mvp4d.export_avatar(format="GLB", filepath=str(out / "avatar.glb"), avatar=avatar.name)
     bpy.ops.mvp4d.export_avatar(format="PLY", filepath=str(out / "avatar.ply"), avatar=avatar.name)
     bpy.ops.wm.save_as_mainfile(filepath=str(out / "avatar.blend"))

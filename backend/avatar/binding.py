@@ -1,7 +1,7 @@
 """Gaussians bound to mesh triangles (GaussianAvatars form): the one definition of the binding.
 
-Every Gaussian lives in the frame of its parent triangle (v0, v1, v2) (``splats_flame_formats.md``
-section 3.2, re-derived here from the formulas, not copied):
+Every Gaussian lives in the frame of its parent triangle (v0, v1, v2) (the product's
+``docs/architecture.md``, "Formats the code refers to"; re-derived from the formulas, not copied):
 
 =============  ===================================================================
 a0             normalize(v1 - v0)

@@ -5,8 +5,8 @@
   ``f_rest_*``): what every splat viewer and engine importer reads.
 * ``ply-sequence``: the same for every frame, ``NNNN.ply`` in a folder (baked animation; the only
   animated form generic viewers and engine plug-ins accept).
-* ``cap4d-animated``: CAP4D / brush_avatar's rigged layout (``splats_flame_formats.md`` section 4,
-  ``cap4d_gaussianavatars_conventions.md`` section 7): elements ``faces`` (uint32 ``index_0..2``),
+* ``cap4d-animated``: CAP4D / brush_avatar's rigged layout (described in ``docs/architecture.md``,
+  "CAP4D animated PLY"): elements ``faces`` (uint32 ``index_0..2``),
   ``base_vertex`` (frame 0), ``vertex`` (triangle-local splats + float ``binding``), then per frame i
   (``%05d``) ``meta_delta_min_i``, ``meta_delta_max_i`` and ``delta_vertex_i`` = (v_i - v_0 - min) /
   (max - min), uint8 when ``compress`` else float32. The viewer re-derives every splat from the

@@ -42,6 +42,7 @@ from ..cameras import Camera
 from ..errors import Cancelled, MVP4DError
 from ..flame.lbs import Flame, FlameParams
 from ..render.gaussians import rasterize, rgb_to_sh
+from ..threads import torch_threads
 from . import losses
 from .checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from .data import check_cameras_see_head, face_colors, face_normals, facing_faces, load_corpus, train_frame_list
@@ -354,13 +355,8 @@ def fit_avatar(
     iterations; ``on_step(iteration, metrics, fitter)`` is called after each (benchmarks, tests).
     """
     s = settings or preset_settings("preview")
-    threads = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(int(s.threads))
-    try:
+    with torch_threads(s.threads):
         return _fit(corpus_dir, flame, shape, s, progress, check, checkpoint_dir, log or (lambda m: None), on_step)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(corpus_dir, flame, shape, s: FitSettings, progress, check, checkpoint_dir, log, on_step) -> FitResult:

@@ -19,6 +19,7 @@ import torch
 from ..cameras import Camera
 from ..stage_context import StageContext, stage_dir
 from ..protocol import CameraSpec
+from ..threads import torch_threads
 from .fit import FitResult, fit_avatar
 from .settings import FitSettings
 
@@ -139,11 +140,18 @@ def preview_strip(bundle, max_views: int = 4, max_frames: int = 6) -> np.ndarray
 
 
 def run_export(ctx: StageContext) -> dict[str, str]:
-    from ..tracking.image import save_png_atomic
     from .bundle import read_bundle
+
+    # the preview renders are small CPU ops: the fit's thread count (one on the CPU presets), 6x less CPU
+    settings = FitSettings.from_json(ctx.spec.fit, default_preset=ctx.spec.cameras.preset)
+    with torch_threads(settings.threads):
+        return _export(ctx, read_bundle(ctx.path(BUNDLE_NAME)))
+
+
+def _export(ctx: StageContext, bundle) -> dict[str, str]:
+    from ..tracking.image import save_png_atomic
     from .export import export_cap4d_animated, export_ply, export_ply_sequence
 
-    bundle = read_bundle(ctx.path(BUNDLE_NAME))
     T = bundle.num_frames
     total = T + 3
     ctx.progress(0, total)

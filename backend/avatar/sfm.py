@@ -6,25 +6,20 @@ nearest triangle. Offline and weights-free, this module does the same with OpenC
 is unavailable) with Lowe's ratio test, then a geometric check against the *known* cameras (distance
 to the epipolar line), tracks joined across pairs (union-find; a track holding two different keypoints
 of one view is dropped), linear triangulation (DLT, in normalised camera coordinates) of tracks seen in
-at least ``min_views`` views, and filtering by cheirality and reprojection error.
-:func:`learned_matcher` is the hook for DISK+LightGlue: it is used only when their weights exist
-locally (never downloaded).
+at least ``min_views`` views, and filtering by cheirality and reprojection error. (DISK+LightGlue
+would need network weights this offline build never downloads; SIFT on the 2x-upsampled first frames
+is what runs.)
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..cameras import Camera
-
-LEARNED_MATCHER_ENV = "MVP4D_LIGHTGLUE_WEIGHTS"
-
 
 @dataclass
 class SfmResult:
@@ -36,19 +31,6 @@ class SfmResult:
 
     def __len__(self) -> int:
         return len(self.points)
-
-
-def learned_matcher(weights_dir: str | os.PathLike | None = None) -> Callable | None:
-    """DISK+LightGlue matcher when its weights are on this machine, else None (OpenCV is used).
-
-    The weights are never fetched. A folder (``weights_dir`` or ``$MVP4D_LIGHTGLUE_WEIGHTS``) holding
-    ``disk.pth`` and ``lightglue.pth`` plus an installed ``kornia`` would enable it; this build does
-    not wire the networks yet and reports None so the caller falls back to OpenCV features.
-    """
-    d = weights_dir or os.environ.get(LEARNED_MATCHER_ENV)
-    if not d or not (Path(d) / "disk.pth").is_file() or not (Path(d) / "lightglue.pth").is_file():
-        return None
-    return None  # hook: DISK+LightGlue would be constructed here
 
 
 def _detector(method: str):
@@ -159,8 +141,6 @@ def sfm_points(
     max_reproj_px = max_reproj_px or max(1.0, 1.5 * res / 128)
     max_epipolar_px = max_epipolar_px or max(1.0, 1.5 * res / 128)
     keys = [k for k in (key_indices or [0]) if 0 <= k < n] or [0]
-    if learned_matcher() is not None:  # pragma: no cover - hook only
-        method = "disk+lightglue"
     upsample = 2 if res <= 128 else 1
     feats, norm, method = detect(images, method, upsample)
     uf = _UnionFind()
@@ -206,4 +186,4 @@ def sfm_points(
 
 
 __all__ = ["SfmResult", "sfm_points", "triangulate_dlt", "reprojection_errors", "fundamental", "match_pair",
-           "detect", "learned_matcher"]
+           "detect"]

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MVP4DError, bad_input
-from ..protocol import PRESETS, RING_LAYOUTS, CameraSpec
+from ..protocol import PRESETS, RING_LAYOUTS
 from .camera import _DECIMALS, Camera, _normalize, orbit_camera
 
 # ---------------------------------------------------------------------------------------------
@@ -184,9 +184,6 @@ class CameraRing:
     def directions(self) -> np.ndarray:
         """(N, 3) unit view directions (from the head towards each camera)."""
         return np.stack([_view_direction(c, self.center) for c in self.cameras])
-
-    def to_specs(self) -> list[CameraSpec]:
-        return [c.to_spec() for c in self.cameras]
 
     @classmethod
     def from_cameras(

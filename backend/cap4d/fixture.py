@@ -1,6 +1,6 @@
 """Golden fixtures: check the UNet against outputs of CAP4D's own network without its weights.
 
-A fixture is one safetensors file (format of ``reference/cap4d/tiny_golden.safetensors``):
+A fixture is one safetensors file (e.g. ``tests/data/cap4d/tiny_golden.safetensors``):
 
 * metadata ``config``: the UNet in upstream vocabulary (:func:`~backend.cap4d.config.unet_config_from_upstream`),
 * metadata ``shapes``: every LDM key (``model.diffusion_model.*``) with its shape,

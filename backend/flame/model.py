@@ -111,17 +111,6 @@ class FlameModel:
             mask = np.ones(self.num_vertices, dtype=bool)
         return mask
 
-    def expression_index(self, name: str) -> int:
-        """Index of a named expression component (toy head); ``BAD_INPUT`` if unknown."""
-        names = self.expression_names or []
-        if name not in names:
-            raise MVP4DError(
-                "BAD_INPUT",
-                f"the head model {self.model_id} has no expression named {name!r}",
-                f"Known names: {', '.join(names) or 'none (the model has unnamed components)'}.",
-            )
-        return names.index(name)
-
     def copy(self) -> "FlameModel":
         """A deep copy whose arrays are writable (the cached toy head's arrays are read-only)."""
         kw = {}

@@ -2,8 +2,8 @@
 
 Scheduler
     :func:`make_scheduler` builds diffusers' ``CogVideoXDDIMScheduler`` with CogVideoX-2B's
-    ``scheduler_config.json`` (:data:`SCHEDULER_CONFIG`, checked against
-    ``reference/cogvideox_in_diffusers.md`` §4.1): v-prediction, zero terminal SNR, SNR shift 3,
+    ``scheduler_config.json`` (:data:`SCHEDULER_CONFIG`; docs/architecture.md,
+    "MMVDM scheduler"): v-prediction, zero terminal SNR, SNR shift 3,
     trailing spacing (100 steps: 999, 989, …, 9; 50: 999, 979, …, 19), scaled-linear betas
     0.00085 → 0.012, no clipping, ᾱ = 1 after the last step. The DDIM update itself is done here in
     float32 with the scheduler's ``alphas_cumprod`` (identical to ``scheduler.step`` when the step count
@@ -20,7 +20,7 @@ import torch
 from ..errors import MVP4DError, bad_input
 
 
-#: CogVideoX-2B ``scheduler/scheduler_config.json`` (reference/cogvideox_in_diffusers.md §4.1)
+#: CogVideoX-2B ``scheduler/scheduler_config.json`` (docs/architecture.md, "MMVDM scheduler")
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

@@ -35,12 +35,11 @@ triangles (plus the joints), in float64 on one CPU thread; ~0.5-2 s for the toy 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ from ..cameras import Camera, intrinsics
 from ..errors import MVP4DError
 from ..flame.lbs import Flame, FlameParams, axis_angle_to_matrix
 from ..flame.model import FlameModel
+from ..threads import torch_threads
 from .landmarks import FaceLandmarks
 from .result import TrackResult
 
@@ -153,24 +153,6 @@ def landmark_rig(flame: Flame, dtype: torch.dtype = torch.float64) -> Flame:
     return Flame(sub, dtype=dtype)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (restored afterwards).
-
-    The fit's tensors are tiny: extra threads only add synchronisation, and on a busy 2-core
-    machine spinning OpenMP workers made the same fit 10x slower. Process-wide while it runs.
-    """
-    old = torch.get_num_threads()
-    if old == n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def import_optimizer(check: Callable[[], None] | None = None) -> None:
     """Import ``torch._dynamo`` (once per process) while honouring cancel requests.
 
@@ -255,7 +237,7 @@ def fit_flame(
     Returns:
         A canonical :class:`TrackResult` (``global_rot = transl = 0``; the camera holds the pose).
     """
-    with _torch_threads(1):
+    with torch_threads(1):
         return _fit(flame, landmarks, width, height, shape_prior=shape_prior, expr_prior=expr_prior,
                     jaw_prior=jaw_prior, focal_prior=focal_prior, focal_init=focal_init, yaw_guesses=yaw_guesses,
                     rigid_steps=rigid_steps, steps=steps, progress=progress, check=check)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import bpy
 
 from .. import backend_link
-from . import ops_avatar, ops_generate, ops_rig, ops_video, panels, prefs, props, runtime
+from . import menus, ops_avatar, ops_generate, ops_rig, ops_video, panels, prefs, props, runtime
 
-_MODULES = (prefs, props, ops_rig, ops_generate, ops_avatar, ops_video, panels)
+_MODULES = (prefs, props, ops_rig, ops_generate, ops_avatar, ops_video, panels, menus)
 _registered: list = []
 
 
@@ -23,6 +23,7 @@ def register() -> None:
             bpy.utils.register_class(cls)
             _registered.append(cls)
     props.register_props()
+    menus.register_menus()
     runtime.register_handlers()
 
 
@@ -30,6 +31,7 @@ def unregister() -> None:
     if not _registered:
         return
     runtime.unregister_handlers()
+    menus.unregister_menus()
     prefs.shutdown()
     props.unregister_props()
     for cls in reversed(_registered):

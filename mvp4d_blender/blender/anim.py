@@ -65,14 +65,3 @@ def evaluate(id_data, data_path: str, index: int, frames: np.ndarray, default: f
     return np.array([fc.evaluate(float(f)) for f in frames], np.float64)
 
 
-def frame_range(id_datas) -> tuple[int, int] | None:
-    """Smallest and largest keyed frame over the IDs' actions, or None without keys."""
-    lo, hi = None, None
-    for idb in id_datas:
-        bag = _channelbag(idb) if idb is not None else None
-        for fc in bag.fcurves if bag is not None else ():
-            if len(fc.keyframe_points):
-                a, b = fc.range()
-                lo = a if lo is None else min(lo, a)
-                hi = b if hi is None else max(hi, b)
-    return None if lo is None else (int(round(lo)), int(round(hi)))

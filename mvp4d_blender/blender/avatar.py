@@ -22,7 +22,6 @@ from .splat_mesh import _read, sh_dc_colour, srgb_to_linear
 from .splat_mesh import display_modifier, set_display  # noqa: F401 - the avatar's display, as panels and tools call it
 
 AVATAR_PROP = "mvp4d_avatar"
-Q_F2B = matrix_to_quat(FLAME_TO_BLENDER[:3, :3])  # rotation FLAME -> Blender axes (wxyz)
 Q_B2F = matrix_to_quat(FLAME_TO_BLENDER[:3, :3].T)
 
 
@@ -76,6 +75,9 @@ def build_avatar_mesh(name: str, bundle, rest_blender: np.ndarray):
     dq, ds = smallest_axis_last(q, bundle.log_scale)
     _set_attr(me, "display_local_rotation", "QUATERNION", dq)
     _set_attr(me, "display_log_scale", "FLOAT_VECTOR", ds)
+    # exp() once here, not on every frame: the binding only multiplies these by the triangle's scale
+    _set_attr(me, "rest_scale", "FLOAT_VECTOR", np.exp(bundle.log_scale.astype(np.float64)))
+    _set_attr(me, "display_rest_scale", "FLOAT_VECTOR", np.exp(ds.astype(np.float64)))
     _set_attr(me, "opacity_logit", "FLOAT", bundle.opacity_logit)
     _set_attr(me, "splat_opacity", "FLOAT", 1.0 / (1.0 + np.exp(-bundle.opacity_logit.astype(np.float64))))
     for k in range(bundle.sh.shape[1]):

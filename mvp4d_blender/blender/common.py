@@ -66,8 +66,7 @@ def executor_args() -> list[str]:
 def backend_env() -> dict[str, str]:
     """Settings the backend's tools read from the environment (``doctor``: FLAME file, weights).
 
-    Device and VRAM preset travel in ``job.json`` (``generator.device``/``generator.vram``); they are
-    also set here for tools that take no job."""
+    Device and VRAM preset travel in ``job.json`` (``generator.device``/``generator.vram``)."""
     p = prefs()
     env: dict[str, str] = {}
     if p is None:
@@ -76,8 +75,6 @@ def backend_env() -> dict[str, str]:
         env["MVP4D_FLAME"] = bpy.path.abspath(p.flame_model)
     if p.weights_dir:
         env["MVP4D_WEIGHTS"] = bpy.path.abspath(p.weights_dir)
-    env["MVP4D_DEVICE"] = p.device.lower()
-    env["MVP4D_VRAM_PRESET"] = p.vram_preset.lower()
     return env
 
 

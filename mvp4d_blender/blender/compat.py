@@ -41,6 +41,29 @@ def get_modifier_input(mod, name: str) -> Any:
     return getattr(inputs, ident).value if inputs is not None else mod[ident]
 
 
+def add_driver(owner, data_path: str, index: int = -1):
+    """``owner.driver_add(data_path, index)`` whose F-curve passes the driver's value through unchanged.
+
+    Blender 5.x gives a new driver F-curve two Bezier keyframes (0, 0) and (1, 1) with linear
+    extrapolation instead of 4.x's identity Generator modifier: values between 0 and 1 then follow
+    the ease of the Bezier segment (a rig driver computing 7.7e-5 got about 0), values outside it
+    are exact. Without keyframes and modifiers an F-curve returns the driver's value as it is, on
+    every version. Returns the F-curve."""
+    fc = owner.driver_add(data_path, index)
+    fc.keyframe_points.clear()
+    for m in list(fc.modifiers):
+        fc.modifiers.remove(m)
+    return fc
+
+
+def set_wildcard_pattern(node) -> None:
+    """Remove Named Attribute matching a ``*`` pattern: a node property on 4.2-4.5, a menu input on 5.x."""
+    if "Pattern Mode" in node.inputs:
+        node.inputs["Pattern Mode"].default_value = "Wildcard"
+    else:
+        node.pattern_mode = "WILDCARD"
+
+
 def set_surface_render_method(mat, method: str) -> None:
     """EEVEE Next's per-material transparency mode ('DITHERED'/'BLENDED'); absent before 4.2."""
     if hasattr(mat, "surface_render_method"):

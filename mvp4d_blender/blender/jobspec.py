@@ -107,6 +107,21 @@ def nearest_valid_frames(n: int) -> int:
     return max(1, 4 * int(np.floor((max(1, n) - 1) / 4 + 0.5)) + 1)
 
 
+def length_warning(frame_start: int, frame_end: int) -> str | None:
+    """What the artist is told when the rig's frame range is sent at another length (None: unchanged)."""
+    n = frame_end - frame_start + 1
+    m = nearest_valid_frames(n)
+    if m == n:
+        return None
+    def frames(a: int, b: int) -> str:
+        return f"frame {a} is" if a == b else f"frames {a}-{b} are"
+
+    how = (f"{frames(frame_start + m, frame_end)} left out" if m < n
+           else f"{frames(frame_end + 1, frame_start + m - 1)} read from the rig (its last pose holds)")
+    return (f"the rig's {n} frames ({frame_start}-{frame_end}) were sent as {m}: a job's length is 1 + 4k "
+            f"frames; {how}")
+
+
 def build_spec(scene, rig, collection, *, generator: str, preset: str, seed: int, animation: str,
                frame_start: int, frame_end: int) -> tuple[dict, dict | None, dict | None]:
     """``(job.json dict without input paths, animation arrays or None, flame_params or None)``."""

@@ -126,6 +126,9 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
     def execute(self, context):
         scene, m = context.scene, context.scene.mvp4d
         proto = backend_link.protocol()
+        animation = m.animation_source if self.animation == "SCENE" else self.animation
+        frame_start = self.frame_start if self.properties.is_property_set("frame_start") else m.frame_start
+        frame_end = self.frame_end if self.properties.is_property_set("frame_end") else m.frame_end
         try:
             image = jobspec.resolve_image(self.image, scene)
             rig = jobspec.resolve_rig(self.rig, scene)
@@ -133,9 +136,7 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
             spec, anim, params = jobspec.build_spec(
                 scene, rig, coll, generator=m.generator if self.generator == "SCENE" else self.generator,
                 preset=m.preset if self.preset == "SCENE" else self.preset, seed=m.seed,
-                animation=m.animation_source if self.animation == "SCENE" else self.animation,
-                frame_start=self.frame_start if self.properties.is_property_set("frame_start") else m.frame_start,
-                frame_end=self.frame_end if self.properties.is_property_set("frame_end") else m.frame_end)
+                animation=animation, frame_start=frame_start, frame_end=frame_end)
         except jobspec.InputError as e:
             return _fail(self, context, "BAD_INPUT", e.message, e.hint)
         out = self.output_dir or m.output_dir
@@ -148,6 +149,10 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
             process = _launch(args, job_dir, proto)
         except JobError as e:
             return _fail(self, context, e.code, e.message, e.hint)
+        note = jobspec.length_warning(frame_start, frame_end) if animation == "RIG" else None
+        if note:  # shown with the backend's warnings in the Generate panel, and reported now
+            process.state.warnings.append(note)
+            self.report({"WARNING"}, note)
         return _start(self, context, process, "generate", self.wait)
 
 

@@ -71,9 +71,13 @@ class MVP4D_AddonPreferences(bpy.types.AddonPreferences):
                                                ("CUDA", "CUDA", "NVIDIA GPU"), ("CPU", "CPU", "No GPU"),
                                                ("MPS", "Apple GPU", "Metal (macOS)")], default="AUTO")
     vram_preset: EnumProperty(name="VRAM", items=[
-        ("LOW", "Low", "Offload weights to the CPU and tile the VAE (slow, ~8-12 GB)"),
-        ("MEDIUM", "Medium", "Tile the VAE (~16-24 GB)"),
-        ("HIGH", "High", "Everything on the GPU (fastest, 32 GB+)")], default="MEDIUM")
+        # what backend/generators/{mmvdm,cap4d}.py do for generator.vram low/medium/high
+        ("LOW", "Low", "VAE tiled; MMVDM: model weights offloaded to the CPU while unused; CAP4D: the two CFG "
+                       "halves in separate calls (slowest, least memory)"),
+        ("MEDIUM", "Medium", "MMVDM: CFG passes one after another; CAP4D: one view group per call; "
+                             "no tiling, no offload"),
+        ("HIGH", "High", "MMVDM: CFG passes batched; CAP4D: four view groups per call; no tiling, no offload "
+                         "(fastest, most memory)")], default="MEDIUM")
     executor: EnumProperty(name="Executor", items=[
         ("LOCAL", "Local", "Run the sampling plan in the backend process (one GPU)"),
         ("RAY", "Ray", "Run the plan's independent units as Ray tasks on several GPUs or a cluster (needs ray)")],

@@ -7,7 +7,7 @@ The status fields mirror :class:`mvp4d_blender.io.jobs.JobState`; only the main-
 from __future__ import annotations
 
 import bpy
-from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+from bpy.props import (EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
 from .rig import is_rig
@@ -68,8 +68,6 @@ class MVP4D_SceneSettings(bpy.types.PropertyGroup):
     last_hint: StringProperty()
     warnings: StringProperty(description="The running or last job's warnings, one per line (newest last)")
     last_avatar: PointerProperty(type=bpy.types.Object)
-    # avatar display (applied to the selected avatar's display modifier)
-    show_ui_advanced: BoolProperty(name="Advanced", default=False)
 
 
 CLASSES = (MVP4D_SceneSettings,)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..io.camera_math import FLAME_TO_BLENDER
 from ..io.flame import FlameArrays
+from .compat import add_driver
 
 FLAME_TO_BLENDER_ROTATION = FLAME_TO_BLENDER[:3, :3]
 RIG_PROP = "mvp4d_rig"
@@ -142,17 +143,6 @@ def _remove_id(idb) -> None:
         pass
 
 
-def delete_rig(rig) -> None:
-    """Remove a rig built by :func:`build_rig` (mesh, armature, shape keys, actions stay for undo)."""
-    arm = armature_of(rig)
-    me, arm_data = rig.data, arm.data if arm else None
-    bpy.data.objects.remove(rig)
-    bpy.data.meshes.remove(me)
-    if arm is not None:
-        bpy.data.objects.remove(arm)
-        bpy.data.armatures.remove(arm_data)
-
-
 def _joint_bones(name: str) -> tuple[str, str, str]:
     """(offset, animated, deforming) bone names of a joint."""
     return f"MCH-{name}", name, f"DEF-{name}"
@@ -225,7 +215,7 @@ def _build_joint_drivers(rig, arm, model: FlameArrays) -> int:
             if not len(nz):
                 continue
             for bone, sign in ((mch, 1.0), (dfm, -1.0)):
-                drv = arm.pose.bones[bone].driver_add("location", c).driver
+                drv = add_driver(arm.pose.bones[bone], "location", c).driver
                 drv.type = "SCRIPTED"
                 terms = []
                 for k in nz:
@@ -278,7 +268,7 @@ def _build_correctives(rig, arm, model: FlameArrays, basis_flame: np.ndarray) ->
         j, a, b = 1 + k // 9, (k % 9) // 3, k % 3
         key_name = f"pose_{names[j]}_{a}{b}"
         kb = _add_key(rig, key_name, to_blender(basis_flame + model.posedirs[:, :, k]), -2.0, 2.0)
-        fc = kb.driver_add("value")
+        fc = add_driver(kb, "value")
         drv = fc.driver
         drv.type = "SCRIPTED"
         for comp in ("w", "x", "y", "z"):

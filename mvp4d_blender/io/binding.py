@@ -3,8 +3,8 @@
 The face frame, the Hamilton product and matrix -> quaternion are the backend's own
 ``backend/avatar/binding_np.py`` (torch-free, imported through :mod:`..backend_link`): one definition.
 This module adds what only the add-on needs (axis-angle, the display relabelling) on top. It follows
-``backend/avatar/binding.py`` (GaussianAvatars form,
-``reference/splats_flame_formats.md`` section 3.2). The Geometry Nodes group in
+``backend/avatar/binding.py`` (GaussianAvatars form; docs/architecture.md, "Triangle-bound
+Gaussians"). The Geometry Nodes group in
 ``blender/nodes.py`` computes the same thing per frame; this module is the oracle the tests compare
 it with, and what the exporters use. For triangle (v0, v1, v2)::
 

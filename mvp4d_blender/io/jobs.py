@@ -352,9 +352,6 @@ class BackendProcess:
             time.sleep(interval)
         return self.state
 
-    def stderr_tail(self) -> list[str]:
-        return list(self._stderr)
-
 
 def _pid_alive(pid: int | None) -> bool:
     if not pid:

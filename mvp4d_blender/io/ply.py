@@ -1,6 +1,6 @@
 """INRIA 3DGS PLY writing and reading (binary little-endian, numpy structured arrays, no bpy).
 
-Layout (``reference/splats_flame_formats.md`` 5.1): ``x y z nx ny nz f_dc_0..2 f_rest_* opacity
+Layout (docs/architecture.md, "3DGS PLY"): ``x y z nx ny nz f_dc_0..2 f_rest_* opacity
 scale_0..2 rot_0..3``, float32; ``f_rest`` channel-major; opacity as a logit, scale as log std-dev,
 rotation wxyz. Positions are written in FLAME/glTF axes (+y up), the avatar's native space; a header
 comment says so for viewers that read it.

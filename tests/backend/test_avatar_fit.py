@@ -155,9 +155,21 @@ def test_camera_that_sees_nothing_is_bad_input(tiny_job, flame, tmp_path):
     assert "sees nothing of the head" in ei.value.message
 
 
-def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame):
+def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame, monkeypatch):
+    from backend.avatar import fit_export_stages as stage_mod
     from backend.avatar.bundle import read_bundle
     from backend.avatar.fit_export_stages import run_export, run_fit
+
+    threads_seen: list[int] = []
+    render = stage_mod.render_bundle
+
+    def spy(*a, **k):  # the preview renders run with the fit settings' thread count (1 on CPU presets)
+        threads_seen.append(torch.get_num_threads())
+        return render(*a, **k)
+
+    monkeypatch.setattr(stage_mod, "render_bundle", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
 
     job = tiny_job.parent / "job_stages"
     shutil.copytree(tiny_job, job)
@@ -167,7 +179,11 @@ def test_fit_and_export_stages_write_bundle_plys_and_preview(tiny_job, flame):
     sink = EventSink(job / "events.jsonl", stream=None)
     stages = [Stage("track", lambda c: {}), Stage("corpus", lambda c: {}), Stage("fit", run_fit),
               Stage("export", run_export)]
-    assert run_job(job, stages=stages, sink=sink) == 0
+    try:
+        assert run_job(job, stages=stages, sink=sink) == 0
+        assert threads_seen and set(threads_seen) == {1} and torch.get_num_threads() == 2  # and restored
+    finally:
+        torch.set_num_threads(before)
     b = read_bundle(job / "outputs" / "avatar.safetensors")
     assert b.num_frames == 5 and b.detail_offsets is not None and b.num_gaussians > 1000
     assert b.metadata["flame_model_id"] == flame.model_id and len(b.metadata["camera_ring"]) == 6

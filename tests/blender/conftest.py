@@ -115,12 +115,12 @@ def corpus_job(addon, astronaut, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_bundle(corpus_job) -> Path:
-    """A bundle bound to the toy head, coloured from the job's tracked photo (backend.blender_support)."""
+    """A bundle bound to the toy head, coloured from the job's tracked photo (tests/backend_fixtures.py)."""
     out = corpus_job / "outputs" / "test_bundle.safetensors"
     if not out.is_file():
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLENDER_")}
         env["PYTHONPATH"] = str(REPO)
-        subprocess.run([str(BACKEND_PYTHON), "-m", "backend.blender_support", "toy-bundle", str(out), "--job",
+        subprocess.run([str(BACKEND_PYTHON), "-m", "tests.backend_fixtures", "toy-bundle", str(out), "--job",
                         str(corpus_job)], check=True, env=env, capture_output=True)
     return out
 

@@ -180,16 +180,8 @@ def test_headless_render_shows_the_head(scene, toy_bundle, tmp_path):
     assert face[0] > face[2]  # skin: more red than blue
 
 
-def _backend_stages() -> list[str]:
-    return json.loads(backend_run("import json; from backend.job_stages import STAGES; "
-                                  "print(json.dumps([s.name for s in STAGES]))"))
-
-
 def test_generate_on_the_embedded_default_imports_a_bound_avatar(scene, astronaut, tmp_path):
     """The acceptance run: tiny preset, projection generator, toy head -> avatar bound to the rig."""
-    if "fit" not in _backend_stages():
-        pytest.skip("the backend's job has no 'fit' stage yet (backend/job_stages.py); covered up to the corpus "
-                    "by test_generate.py and with a stand-in bundle by the tests above")
     bpy.ops.mvp4d.add_rig(source="TOY")
     res = bpy.ops.mvp4d.generate_avatar(image=str(astronaut), preset="tiny", generator="projection",
                                         output_dir=str(tmp_path / "job"), wait=True)

@@ -160,3 +160,46 @@ def test_camera_object_names_become_names_the_backend_accepts(scene):
     spec = proto.JobSpec.from_json({"schema_version": 1, "inputs": {"reference_image": "inputs/reference.png"},
                                     "cameras": {"cameras": specs}})  # raises BAD_INPUT on any unsafe name
     assert len({proto.name_key(c.name) for c in spec.cameras.cameras}) == 8
+
+
+@pytest.mark.parametrize("fit,res,shift,aspect", [
+    ("AUTO", (640, 360), (0.1, -0.05), (1.0, 1.0)),
+    ("HORIZONTAL", (300, 500), (-0.08, 0.12), (2.0, 1.0)),
+    ("VERTICAL", (640, 360), (0.05, 0.2), (1.0, 1.5)),
+    ("AUTO", (300, 500), (0.0, 0.0), (1.0, 2.0)),
+])
+def test_conversion_projects_like_blender(scene, fit, res, shift, aspect):
+    """opencv_from_blender puts every point on the pixel where Blender's own projection
+    (``world_to_camera_view``: sensor fit, shift, pixel aspect) puts it."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Euler, Vector
+
+    cams = import_module(f"{ADDON}.io.cameras")
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = res[0], res[1], 100
+    r.pixel_aspect_x, r.pixel_aspect_y = aspect
+    data = bpy.data.cameras.new("c")
+    data.type, data.sensor_fit, data.lens = "PERSP", fit, 42.0
+    data.sensor_width, data.sensor_height = 36.0, 20.0
+    data.shift_x, data.shift_y = shift
+    obj = bpy.data.objects.new("c", data)
+    scene.collection.objects.link(obj)
+    obj.location = (0.3, -1.2, 0.25)
+    obj.rotation_euler = Euler((1.35, 0.1, 0.2))
+    bpy.context.view_layer.update()
+    cam = cams.opencv_from_blender(np.array(obj.matrix_world), data.lens, data.sensor_width, data.sensor_height,
+                                   data.sensor_fit, res[0], res[1], data.shift_x, data.shift_y, aspect[0] / aspect[1])
+    rng = np.random.default_rng(0)
+    cam_to_world = np.array(obj.matrix_world)
+    local = np.c_[rng.uniform(-0.3, 0.3, (40, 2)), -rng.uniform(0.5, 2.0, 40), np.ones(40)]  # in front (-z)
+    world_bl = (cam_to_world @ local.T).T[:, :3]
+    ours_uv = []
+    for p in world_bl:
+        q = cams.BLENDER_TO_FLAME[:3, :3] @ p + cams.BLENDER_TO_FLAME[:3, 3]
+        c = cam.world_to_cam[:3, :3] @ q + cam.world_to_cam[:3, 3]
+        assert c[2] > 0
+        ours_uv.append([cam.K[0, 0] * c[0] / c[2] + cam.K[0, 2], cam.K[1, 1] * c[1] / c[2] + cam.K[1, 2]])
+    theirs = np.array([world_to_camera_view(scene, obj, Vector(p.tolist()))[:2] for p in world_bl])
+    # Blender: (0, 0) bottom-left corner, (1, 1) top-right; ours: pixel centres at integers, +v down
+    theirs_uv = np.c_[theirs[:, 0] * res[0] - 0.5, (1.0 - theirs[:, 1]) * res[1] - 0.5]
+    np.testing.assert_allclose(np.array(ours_uv), theirs_uv, atol=1e-3)

@@ -85,6 +85,9 @@ def test_job_folder_from_the_scene(scene, astronaut, fake_backend, tmp_path):
         assert z["expr"].shape == (5, 12)
         np.testing.assert_allclose(z["expr"][:, 1], np.linspace(0, 1, T)[:5], atol=1e-6)
     assert scene.mvp4d.status == "FINISHED"
+    # the artist is told, in the Generate panel, that the 6 keyed frames went out as 5
+    assert "rig's 6 frames (3-8) were sent as 5" in scene.mvp4d.warnings
+    assert "frame 8 is left out" in scene.mvp4d.warnings
 
 
 # ---- bad input: a clear message, Blender keeps running, nothing half-built ------------------------
@@ -231,6 +234,9 @@ def test_rig_animation_is_sent_at_the_nearest_valid_length(scene):
         spec, anim, _ = jobspec.build_spec(scene, rig, None, generator="projection", preset="tiny", seed=0,
                                            animation="RIG", frame_start=1, frame_end=end)
         assert spec["animation"]["num_frames"] == expect and anim["expr"].shape[0] == expect
+    assert jobspec.length_warning(1, 9) is None  # already 1 + 4k: nothing to say
+    assert "sent as 9" in jobspec.length_warning(1, 10) and "frame 10 is left out" in jobspec.length_warning(1, 10)
+    assert "frame 13 is read from the rig" in jobspec.length_warning(1, 12)
 
 
 def test_backend_warnings_reach_the_generate_panel(scene, astronaut, fake_backend, tmp_path):

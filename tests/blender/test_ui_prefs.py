@@ -10,7 +10,7 @@ import bpy
 import numpy as np
 import pytest
 
-from .conftest import ADDON, BACKEND_PYTHON, prefs, set_backend
+from .conftest import ADDON, BACKEND_PYTHON, backend_run, prefs, set_backend
 
 
 def test_sidebar_tab_in_order(addon):
@@ -135,46 +135,83 @@ def test_fit_rig_to_reference_then_generate_uses_it(scene, astronaut, tmp_path):
 
 
 class _Layout:
-    """Stands in for a UI layout in background mode; checks every property a panel draws exists."""
+    """Stands in for a UI layout in background mode; checks every property a panel draws exists and
+    records what it drew in ``drawn`` (``("label", text)``, ``("prop", name)``, ``("operator", idname)``)."""
+
+    def __init__(self, drawn: list[tuple[str, str]] | None = None):
+        self.drawn = [] if drawn is None else drawn
 
     def __getattr__(self, name):
-        return lambda *a, **k: _Layout()
+        return lambda *a, **k: _Layout(self.drawn)
+
+    def label(self, text="", **_kw):
+        self.drawn.append(("label", text))
+        return _Layout(self.drawn)
 
     def prop(self, data, name, **_kw):
         if name.startswith('["'):
             assert name[2:-2] in data.keys(), name
         else:
             assert name in data.bl_rna.properties, f"{type(data).__name__}.{name}"
-        return _Layout()
+        self.drawn.append(("prop", name))
+        return _Layout(self.drawn)
 
     def operator(self, idname, **_kw):
         mod, op = idname.split(".")
         assert hasattr(getattr(bpy.ops, mod), op), idname
-        return _Layout()
+        self.drawn.append(("operator", idname))
+        return _Layout(self.drawn)
 
 
-@pytest.mark.parametrize("state", ["empty", "full"])
-def test_panels_draw(scene, astronaut, toy_bundle, state):
-    if state == "full":
-        scene.mvp4d.image = bpy.data.images.load(str(astronaut))
-        bpy.ops.mvp4d.add_rig(source="TOY")
-        bpy.ops.mvp4d.add_camera_ring(preset="tiny")
-        bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle))
-        bpy.context.view_layer.objects.active = scene.mvp4d.last_avatar
-        scene.mvp4d.status, scene.mvp4d.last_error, scene.mvp4d.ring_preset = "FAILED", "[X] y", "custom"
+def _draw_panels() -> dict[str, list[tuple[str, str]]]:
+    drawn: dict[str, list[tuple[str, str]]] = {}
     for cls in [c for c in bpy.types.Panel.__subclasses__() if c.__name__.startswith("MVP4D_PT_")]:
-        cls.draw(type("P", (), {"layout": _Layout()})(), bpy.context)
-
-    class Prefs:
         layout = _Layout()
+        cls.draw(type("P", (), {"layout": layout})(), bpy.context)
+        drawn[cls.__name__] = layout.drawn
+    return drawn
+
+
+def test_panels_draw_what_the_scene_holds(scene, astronaut, toy_bundle):
+    empty = _draw_panels()
+    everything = [d for items in empty.values() for d in items]
+    assert ("operator", "mvp4d.add_rig") in everything and ("operator", "mvp4d.generate_avatar") in everything
+    assert ("operator", "mvp4d.resume_job") not in everything  # nothing failed yet
+    assert any(k == "label" and "Select an imported avatar" in t for k, t in everything)
+
+    scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    bpy.ops.mvp4d.add_camera_ring(preset="tiny")
+    bpy.ops.mvp4d.import_avatar(filepath=str(toy_bundle))
+    bpy.context.view_layer.objects.active = scene.mvp4d.last_avatar
+    scene.mvp4d.status, scene.mvp4d.last_error, scene.mvp4d.last_hint = "FAILED", "[X] it broke", "Do this."
+    full = [d for items in _draw_panels().values() for d in items]
+    labels = [t for k, t in full if k == "label"]
+    assert "[X] it broke" in labels and "Do this." in labels  # the failure and its hint are shown
+    assert any(t.startswith("Status: Failed") for t in labels)
+    assert ("operator", "mvp4d.resume_job") in full
+    assert any("expressions" in t for t in labels)  # the rig's summary
+    assert any(t.endswith("key views") and not t.startswith("0 ") for t in labels)  # the ring's summary
+    assert scene.mvp4d.last_avatar.name in labels  # the selected avatar's box
+
+
+def test_preferences_draw_each_backend_mode():
+    class Prefs:
+        def __init__(self):
+            self.layout = _Layout()
 
         def __getattr__(self, name):
             return getattr(prefs(), name)
 
+    drawn = {}
     for mode in ("MANAGED", "EXISTING"):
         prefs().backend_mode = mode
-        type(prefs()).draw(Prefs(), bpy.context)
+        p = Prefs()
+        type(prefs()).draw(p, bpy.context)
+        drawn[mode] = {name for kind, name in p.layout.drawn if kind == "prop"}
     prefs().backend_mode = "EXISTING"
+    assert "python_path" in drawn["EXISTING"] and "python_path" not in drawn["MANAGED"]
+    assert {"flame_model", "weights_dir", "device", "vram_preset"} <= drawn["MANAGED"] & drawn["EXISTING"]
 
 
 def test_cap4d_choice_shows_licence_needs_weights_and_real_flame(scene, astronaut, tmp_path):
@@ -240,3 +277,75 @@ def test_unexpected_finisher_errors_are_internal_with_a_log(addon, tmp_path):
     assert err.code == "INTERNAL" and str(log) in err.hint and "KeyError" in log.read_text()
     user = runtime.finisher_error(avatar.AvatarImportError("the rig has another topology"), tmp_path)
     assert user.code == "BAD_INPUT" and "topology" in user.message
+
+
+def test_vram_texts_say_what_the_backend_does(addon):
+    presets = json.loads(backend_run(
+        "import json; from backend.generators.mmvdm import VRAM_PRESETS as M; "
+        "from backend.generators.cap4d import CAP4D_VRAM as C; print(json.dumps({'m': M, 'c': C}))"))
+    items = {i.identifier: i.description for i in type(prefs()).bl_rna.properties["vram_preset"].enum_items}
+    assert set(items) == {"LOW", "MEDIUM", "HIGH"}
+    for mode, text in items.items():
+        m, c = presets["m"][mode.lower()], presets["c"][mode.lower()]
+        assert ("VAE tiled" in text) == (m["vae_tiling"] or c["vae_tiling"]), mode
+        assert ("weights offloaded" in text) == (m["offload"] != "none"), mode
+        assert ("CFG passes batched" in text) == (m["cfg_passes"] == "batched"), mode
+        assert ("CFG passes one after another" in text) == (m["cfg_passes"] == "sequential" and not m["vae_tiling"])
+        assert ("CFG halves in separate calls" in text) == (not c["cfg_batched"]), mode
+        if mode != "LOW":  # LOW's CAP4D text names its CFG split instead (one group, as in MEDIUM)
+            assert {1: "one view group", 4: "four view groups"}[c["groups_per_batch"]] in text, mode
+
+
+def test_fit_rig_is_reachable_from_the_object_menus(scene, astronaut):
+    """Fit rig to reference: in the Object menu and the right-click menu, and in the Reference panel,
+    enabled once a photo and a rig are set (disabled with the reason before)."""
+    menu = getattr(bpy.types, "MVP4D_MT_object")
+    ops = []
+
+    class _Menu:
+        def operator(self, idname, **_kw):
+            mod, op = idname.split(".")
+            assert hasattr(getattr(bpy.ops, mod), op), idname
+            ops.append(idname)
+
+    menu.draw(type("M", (), {"layout": _Menu()})(), bpy.context)
+    assert "mvp4d.fit_rig" in ops and ops.index("mvp4d.add_rig") < ops.index("mvp4d.fit_rig")
+    menus = import_module(f"{ADDON}.blender.menus")
+    for parent in menus.PARENTS:  # appended to Blender's menus (draw functions of the menu type)
+        assert menus._draw_submenu in getattr(bpy.types, parent)._dyn_ui_initialize()
+
+    panel = next(c for c in bpy.types.Panel.__subclasses__() if c.__name__ == "MVP4D_PT_reference")
+
+    def fit_button():
+        rows, labels = [], []
+
+        class _L:
+            enabled = True
+
+            def __getattr__(self, name):
+                return lambda *a, **k: _L()
+
+            def row(self, **_k):
+                r = _L()
+                rows.append(r)
+                return r
+
+            def operator(self, idname, **_k):
+                self.op = idname
+                return _L()
+
+            def label(self, text="", **_k):
+                labels.append(text)
+
+        panel.draw(type("P", (), {"layout": _L()})(), bpy.context)
+        row = next(r for r in rows if getattr(r, "op", "") == "mvp4d.fit_rig")
+        return row.enabled, labels
+
+    enabled, labels = fit_button()
+    assert not enabled and "Pick a portrait photo first" in labels
+    scene.mvp4d.image = bpy.data.images.load(str(astronaut))
+    enabled, labels = fit_button()
+    assert not enabled and "Add or pick a FLAME rig first" in labels
+    bpy.ops.mvp4d.add_rig(source="TOY")
+    enabled, labels = fit_button()
+    assert enabled and not [t for t in labels if "first" in t]

@@ -190,8 +190,12 @@ def test_broken_stdout_does_not_crash_the_guard(tmp_path, monkeypatch):
     assert not (tmp_path / "nope").exists()
 
 
-def test_help_still_exits_zero():
+def test_help_lists_every_command_and_option():
     proc = _backend("run", "--help")
-    assert proc.returncode == 0 and "job_dir" in proc.stdout
+    assert proc.returncode == 0 and "job_dir" in proc.stdout and "--until" in proc.stdout
+    proc = _backend("--help")
+    assert proc.returncode == 0 and "--json" in proc.stdout
+    for name in ("doctor", "track", "corpus", "generate", "run", "demo", *cli.DELEGATES):
+        assert name in proc.stdout, name
 
 

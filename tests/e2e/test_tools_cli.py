@@ -34,8 +34,14 @@ def test_unknown_bench_target_is_usage_error():
 
 
 def test_training_tools_are_wired(tmp_path):
-    assert _run("train", "--help").returncode == 0
-    assert _run("experiment", "cfg-ablation", "--help").returncode == 0
+    # each reaches its own module: its own checks answer, with the codes of the machine interface
+    proc = _run("train", "--config", str(tmp_path / "nope.toml"))
+    event = json.loads(proc.stdout.splitlines()[-1])
+    assert proc.returncode == 1 and (event["code"], event["stage"]) == ("BAD_INPUT", "train")
+    assert "nope.toml" in event["message"]
+    proc = _run("experiment", "cfg-ablation", "--preset", "nope")
+    assert proc.returncode == 2 and "--preset" in proc.stderr and "smallest" in proc.stderr  # its own choices
+    assert json.loads(proc.stdout.splitlines()[-1])["code"] == "BAD_INPUT"
     proc = _run("dataset", "validate", str(tmp_path / "no-dataset"))
     assert proc.returncode != 0
     assert "no-dataset" in (proc.stdout + proc.stderr)
