@@ -116,6 +116,7 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 VRAM_PRESETS = ("high", "medium", "low", "lowest")
 OFFLOAD_MODES = ("none", "model", "sequential")
 CFG_PASSES = ("sequential", "batched")
+CFG_ANGLE_MODES = ("reference_image", "closest_reference")  # backend/mmvdm/guidance_angle.py
 CORPUS_FORMATS = ("png",)
 DEFAULT_FPS = 24.0
 BUILTIN_ANIMATIONS = ("default", "neutral")  # animation.source "builtin:<name>" (backend/animation.py)
@@ -482,6 +483,7 @@ class GeneratorSpec:
     preview_steps: int | None = None
     device: str | None = None  # None: CUDA when available, else CPU; or "cpu", "cuda", "cuda:1", "mps"
     quality: str | None = None  # cap4d: CAP4D_QUALITY name (None: CAP4D_QUALITY_FOR_PRESET of the camera preset)
+    cfg_angle: str = "reference_image"  # mmvdm: CFG grows with the angle to the reference image | closest_reference
 
     @classmethod
     def from_json(cls, d: Any, where: str = "generator") -> "GeneratorSpec":
@@ -523,6 +525,7 @@ class GeneratorSpec:
             preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1, maximum=MAX_STEPS),
             device=dev,
             quality=opt("quality", tuple(CAP4D_QUALITY)),
+            cfg_angle=_str(d.get("cfg_angle", "reference_image"), f"{where}.cfg_angle", CFG_ANGLE_MODES),
         )
 
 

@@ -14,8 +14,8 @@ extensions. :meth:`MMVDMGenerator.generate` therefore takes the whole ring:
    frames of the same views) from the PNG frames already written, re-encoded with the VAE — so a
    resumed run sees exactly what an uninterrupted one sees. Its conditioning is rendered per view with
    :func:`backend.conditioning.video_conditioning` for the pass's window, with the ``reference_mask``
-   channel equal to the mode's clean-slot mask; CFG scales per view from the angle to the closest
-   reference view (reference camera + the pass's reference views; :func:`~backend.mmvdm.sampler.guidance_scale`).
+   channel equal to the mode's clean-slot mask; CFG scales per view from the angle to the reference
+   image's camera (``cfg_angle``; :mod:`~backend.mmvdm.guidance_angle`, :func:`~backend.mmvdm.sampler.guidance_scale`).
    Each pass is seeded from ``(seed, pass id)`` (:func:`pass_seed`);
 5. checkpoints every finished pass's latents to ``state_dir/<pass id>.safetensors`` atomically (resume
    skips them; a pass cancelled half-way restarts from its first step with the same seed, so the
@@ -59,6 +59,7 @@ from ..errors import MVP4DError, bad_input
 from ..flame import Flame, FlameParams
 from ..fsutil import remove_inside, write_json_atomic
 from ..jobpaths import confine
+from ..mmvdm.guidance_angle import CFG_ANGLE_MODES
 from ..mmvdm.plan import Pass, build_plan, check_plan, describe_plan
 from ..mmvdm.sampler import GUIDANCE_MODES, SAMPLERS, make_scheduler
 from .mmvdm_passes import PassRunner, pass_seed
@@ -101,6 +102,7 @@ class MMVDMSettings:
     refine_strength: float = 0.6  # preview sampler: 0 = the upsampled preview is the output
     window_frames: int = 49
     context_frames: int = 9
+    cfg_angle: str = "reference_image"  # mmvdm/guidance_angle.py: the angle the CFG scale grows with
 
     def validate(self) -> None:
         if self.guidance not in GUIDANCE_MODES:
@@ -113,6 +115,8 @@ class MMVDMSettings:
             raise bad_input(f"generator.offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
         if self.cfg_passes not in CFG_PASSES:
             raise bad_input(f"generator.cfg_passes must be one of {', '.join(CFG_PASSES)}, got {self.cfg_passes!r}")
+        if self.cfg_angle not in CFG_ANGLE_MODES:
+            raise bad_input(f"generator.cfg_angle must be one of {', '.join(CFG_ANGLE_MODES)}, got {self.cfg_angle!r}")
         if not 0.0 <= float(self.refine_strength) <= 1.0:
             raise bad_input(f"generator.refine_strength must be in [0, 1], got {self.refine_strength!r}")
         if self.preview_factor not in (1, 2, 4):
