@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: on this project's machines the local CPU build, elsewhere the registry's build.
 	$(PY) -m pip install "torch==2.13.0"
 	$(PY) -m pip install -e ".[dev]"
+	# ColorVideoVDP for `evaluate` (JOD) without torchvision, whose registry build needs CUDA torch
+	$(PY) -m pip install --no-deps "cvvdp==0.5.7"
 	touch $(STAMP)
 
 $(BSTAMP): Makefile

@@ -147,6 +147,7 @@ DELEGATES: dict[str, dict[str, str]] = {
     "experiment": {"cfg-ablation": "backend.training.experiment"},
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
     "gpu-check": {"": "backend.gpucheck.runner"},
+    "evaluate": {"": "backend.evaluation.evaluate"},
 }
 
 
@@ -227,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
              "train": "train the MMVDM: 'train --config FILE' (multi-GPU: accelerate launch -m backend train ...)",
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
              "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",
-             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')"}
+             "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')",
+             "evaluate": "'evaluate JOB|BUNDLE --against GT_DIR': PSNR, SSIM, JOD (+ LPIPS, CSIM) per view, like "
+                         "the paper's Table 1"}
     for name in DELEGATES:
         p = sub.add_parser(name, help=helps[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
