@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-jod", action="store_true", help="skip ColorVideoVDP (the slowest metric)")
     p.add_argument("--lpips", default=None, help="TorchScript LPIPS module (default: $MVP4D_LPIPS_WEIGHTS)")
     a = p.parse_args(argv)
-    sink = EventSink(None, stream=sys.stderr)
+    sink = EventSink(None, stream=sys.stderr)  # progress on stderr: stdout holds the table (or the JSON)
     try:
         if a.out and Path(a.out).exists():
             raise MVP4DError("OUTPUT_EXISTS", f"{a.out} already exists")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2) if a.json else format_table(report))
         return 0
     except MVP4DError as e:
-        sink.error(e, stage="evaluate")
+        EventSink(None, stream=sys.stdout).error(e, stage="evaluate")  # like every tool: the error event on stdout
         return EXIT_ERROR
 
 

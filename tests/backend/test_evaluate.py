@@ -88,6 +88,7 @@ def test_cli_json_table_and_bad_input(avatar, tmp_path, capsys):
     assert main([str(path), "--against", str(gt), "--out", str(report)]) != 0  # never replaces a file
     (gt / "gt0" / "0001.png").write_bytes((gt / "gt0" / "0001.png").read_bytes()[:40])
     assert main([str(path), "--against", str(gt), "--no-jod"]) != 0
-    assert "BAD_INPUT" in capsys.readouterr().err
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["type"] == "error" and last["code"] == "BAD_INPUT" and "0001.png" in last["message"]
     with pytest.raises(MVP4DError, match="bundle frame"):
         load_ground_truth(gt, num_bundle_frames=1)
