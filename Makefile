@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: on this project's machines the local CPU build, elsewhere the registry's build.
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev,scale]"
+	# ColorVideoVDP for `evaluate` (JOD) without torchvision, whose registry build needs CUDA torch
+	$(PY) -m pip install -q --no-deps "cvvdp==0.5.7"
 	touch $(STAMP)
 
 $(BSTAMP): Makefile

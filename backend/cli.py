@@ -163,6 +163,7 @@ DELEGATES: dict[str, dict[str, str]] = {
     "dataset": {"validate": "backend.training.data", "synthetic": "backend.training.synthetic"},
     "gpu-check": {"": "backend.gpucheck.runner"},
     "track-video": {"": "backend.tracking.video_cli"},
+    "evaluate": {"": "backend.evaluation.evaluate"},
 }
 
 
@@ -249,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
              "experiment": "'experiment cfg-ablation [--preset smallest|larger]': the paper's Table 7 at small scale",
              "dataset": "'dataset validate DIR [--full]' or 'dataset synthetic OUT ...': training data tools",
              "gpu-check": "measure every GPU path in one short run (docs/benchmarks.md, 'GPU check')",
-             "track-video": "performance clip -> animation: 'track-video --video FILE|DIR --out DIR' (FLAME per frame)"}
+             "track-video": "performance clip -> animation: 'track-video --video FILE|DIR --out DIR' (FLAME per frame)",
+             "evaluate": "'evaluate JOB|BUNDLE --against GT_DIR': PSNR, SSIM, JOD (+ LPIPS, CSIM) per view, like "
+                         "the paper's Table 1"}
     for name in DELEGATES:
         p = sub.add_parser(name, help=helps[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -15,7 +15,7 @@ user's FLAME file) and the MMVDM weights folder (absolute path).
 
 from __future__ import annotations
 
-from .contract.presets import (BUILTIN_ANIMATIONS, CAP4D_LICENCE, CAP4D_QUALITY, CAP4D_QUALITY_FOR_PRESET, CFG_PASSES,
+from .contract.presets import (BUILTIN_ANIMATIONS, CAP4D_LICENCE, CAP4D_QUALITY, CAP4D_QUALITY_FOR_PRESET, CFG_ANGLE_MODES, CFG_PASSES,
                                CORPUS_FORMATS, CROP_SCALE, DEFAULT_FPS, DTYPES, GENERATORS, GUIDANCE_MODES,
                                OFFLOAD_MODES, PRESETS, RING_LAYOUTS, SAMPLERS, VRAM_PRESETS, QualityPreset)
 from .contract.validation import (MAX_CAMERAS, MAX_FRAMES, MAX_IMAGE_SIDE, MAX_JOB_JSON_BYTES, MAX_JSON_DEPTH,
@@ -34,7 +34,7 @@ __all__ = [
     "ERROR_CODES", "MVP4DError", "bad_input", "check_name", "confine", "name_key", "split_rel",
     "ADDON_RUN_FILE", "ANIMATION_KEYS", "AnimationSpec", "BUILTIN_ANIMATIONS", "BUNDLE_METADATA_KEYS",
     "BUNDLE_OPTIONAL", "BUNDLE_SCHEMA_VERSION", "BUNDLE_TENSORS", "CAP4D_LICENCE", "CAP4D_QUALITY",
-    "CAP4D_QUALITY_FOR_PRESET", "CFG_PASSES", "CORPUS_FORMATS", "CROP_SCALE", "CameraSpec", "CamerasSpec",
+    "CAP4D_QUALITY_FOR_PRESET", "CFG_ANGLE_MODES", "CFG_PASSES", "CORPUS_FORMATS", "CROP_SCALE", "CameraSpec", "CamerasSpec",
     "DEFAULT_FPS", "DTYPES", "EVENT_TYPES", "EXECUTORS", "ExecutorSpec", "Event", "FLAME_PARAM_KEYS", "GENERATORS", "GUIDANCE_MODES",
     "GeneratorSpec", "InputsSpec", "JOB_STAGES", "JobSpec", "MAX_CAMERAS", "MAX_FRAMES", "MAX_IMAGE_SIDE",
     "MAX_JOB_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_SEED", "MAX_STEPS", "OFFLOAD_MODES", "OutputsSpec", "PRESETS",

@@ -12,10 +12,13 @@ the frontal camera on the +z axis; positive azimuth moves the camera towards the
 * ``"120"`` (8 key + 24 other; paper S2.3: max azimuth 60, elevation up to 30): others on a grid
   az {-60, -36, -12, 12, 36, 60} x el {-15, 0, 15, 30}; keys at the centres of a 4 x 2 tiling of
   that range, az {-45, -15, 15, 45} x el {-5, 20}.
-* ``"360"`` (8 key + 40 other; all azimuths, el -30..90): others on four elevation rings, el -30:
-  8 views (az 22.5 + 45k), el 0: 12 views (az 30k), el 30: 12 views (az 15 + 30k), el 60: 8 views
-  (az 45k); keys on two staggered rings, el -10 at az {0, 90, 180, -90} and el 45 at
-  az {45, 135, -135, -45} (every direction of the range lies within ~46 degrees of a key).
+* ``"360"`` (8 key + 40 other; all azimuths, el -30..+90 as in the paper, so the crown is generated
+  and constrains the fit): others on four elevation rings, el -30: 10 views (az 18 + 36k), el 0:
+  12 views (az 15 + 30k), el 30: 10 views (az 36k), el 60: 8 views (az 22.5 + 45k); keys uniform
+  over the whole range: 7 around the head at el 5 (az 360k/7, the first frontal) and the top view
+  at el 90 (looking straight down, image up = the back of the head). Every direction of the range
+  lies within ~45 degrees of a key (the covering radius; the best of the 4+4 two-ring layouts is
+  no better), and every other view within ~42 degrees.
 
 The non-key views are grouped into clusters of up to 4 neighbouring views (:func:`cluster_views`)
 and each cluster is generated conditioned on its 4 nearest key views (paper Fig. S10).

@@ -27,8 +27,11 @@ from ..cameras import Camera
 from ..errors import MVP4DError
 from ..protocol import CROP_SCALE  # side of the crop / larger side of the tight head box (paper S2.1)
 
-__all__ = ["CROP_SCALE", "head_boxes", "smooth_boxes", "crop_image", "crop_images", "crop_camera", "face_crop_boxes"]
+__all__ = ["CROP_SCALE", "CROP_SMOOTHING_FRAMES", "head_boxes", "smooth_boxes", "crop_image", "crop_images", "crop_camera", "face_crop_boxes"]
 
+#: sigma (frames) of the temporal Gaussian smoothing of the crop boxes (S2.1), the one value the
+#: inference crop (:func:`face_crop_boxes`) and the training reader (per-frame crops) share
+CROP_SMOOTHING_FRAMES = 2.0
 
 
 def _np(a) -> np.ndarray:
@@ -96,7 +99,7 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def smooth_boxes(boxes, sigma_frames: float = 2.0) -> np.ndarray:
+def smooth_boxes(boxes, sigma_frames: float = CROP_SMOOTHING_FRAMES) -> np.ndarray:
     """Gaussian-smooth box centres and sizes over time (``sigma_frames`` frames; edges: nearest).
 
     ``boxes (T, 3)``; a constant track stays constant, ``T = 1`` or ``sigma_frames <= 0`` returns
@@ -128,7 +131,7 @@ def face_crop_boxes(
     vertex_mask=None,
     *,
     scale: float = CROP_SCALE,
-    sigma_frames: float = 2.0,
+    sigma_frames: float = CROP_SMOOTHING_FRAMES,
 ) -> np.ndarray:
     """Smoothed crop boxes ``(T, 3)`` for head ``vertices (T, V, 3)`` (world) seen by ``camera``."""
     v = _np(vertices)

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import SPEC_FIELD_HINT, MVP4DError, bad_input
 from ..jobpaths import check_name, confine, name_key
 from .executor_spec import ExecutorSpec
-from .presets import (CAP4D_QUALITY, CFG_PASSES, CORPUS_FORMATS, DEFAULT_FPS, DTYPES, GENERATORS, GUIDANCE_MODES,
+from .presets import (CAP4D_QUALITY, CFG_ANGLE_MODES, CFG_PASSES, CORPUS_FORMATS, DEFAULT_FPS, DTYPES, GENERATORS, GUIDANCE_MODES,
                       OFFLOAD_MODES, PRESETS, SAMPLERS, VRAM_PRESETS, QualityPreset)
 from .validation import (MAX_CAMERAS, MAX_FRAMES, MAX_IMAGE_SIDE, MAX_JOB_JSON_BYTES, MAX_SEED, MAX_STEPS,
                          _int, _invertible3, _known, _num, _obj, _rel_path, _str, check_device, parse_json,
@@ -188,6 +188,7 @@ class GeneratorSpec:
     preview_steps: int | None = None
     device: str | None = None  # None: CUDA when available, else CPU; or "cpu", "cuda", "cuda:1", "mps"
     quality: str | None = None  # cap4d: CAP4D_QUALITY name (None: CAP4D_QUALITY_FOR_PRESET of the camera preset)
+    cfg_angle: str = "reference_image"  # mmvdm: CFG grows with the angle to the reference image | closest_reference
 
     @classmethod
     def from_json(cls, d: Any, where: str = "generator") -> "GeneratorSpec":
@@ -229,6 +230,7 @@ class GeneratorSpec:
             preview_steps=None if ps is None else _int(ps, f"{where}.preview_steps", minimum=1, maximum=MAX_STEPS),
             device=dev,
             quality=opt("quality", tuple(CAP4D_QUALITY)),
+            cfg_angle=_str(d.get("cfg_angle", "reference_image"), f"{where}.cfg_angle", CFG_ANGLE_MODES),
         )
 
 

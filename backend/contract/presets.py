@@ -51,12 +51,12 @@ RING_LAYOUTS: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float
     "tiny": ([(-20.0, 5.0), (20.0, 5.0)], [(-35.0, 0.0), (0.0, -10.0), (0.0, 20.0), (35.0, 0.0)]),
     "preview": (_grid([-25, 25], [-2, 18]), _grid([-45, -15, 15, 45], [-10, 25])),
     "120": (_grid([-45, -15, 15, 45], [-5, 20]), _grid([-60, -36, -12, 12, 36, 60], [-15, 0, 15, 30])),
-    "360": (
-        _grid([0, 90, 180, -90], [-10]) + _grid([45, 135, -135, -45], [45]),
-        _grid([_wrap(22.5 + 45 * k) for k in range(8)], [-30])
-        + _grid([_wrap(30 * k) for k in range(12)], [0])
-        + _grid([_wrap(15 + 30 * k) for k in range(12)], [30])
-        + _grid([_wrap(45 * k) for k in range(8)], [60]),
+    "360": (  # elevation -30..+90 (paper S2.3): 7 keys around the head and the crown, uniform over the range
+        _grid([_wrap(360 / 7 * k) for k in range(7)], [5]) + [(0.0, 90.0)],
+        _grid([_wrap(18 + 36 * k) for k in range(10)], [-30])
+        + _grid([_wrap(15 + 30 * k) for k in range(12)], [0])
+        + _grid([_wrap(36 * k) for k in range(10)], [30])
+        + _grid([_wrap(22.5 + 45 * k) for k in range(8)], [60]),
     ),
 }
 
@@ -78,6 +78,7 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 VRAM_PRESETS = ("high", "medium", "low", "lowest")
 OFFLOAD_MODES = ("none", "model", "sequential")
 CFG_PASSES = ("sequential", "batched")
+CFG_ANGLE_MODES = ("reference_image", "closest_reference")  # backend/mmvdm/guidance_angle.py
 CORPUS_FORMATS = ("png",)
 DEFAULT_FPS = 24.0
 BUILTIN_ANIMATIONS = ("default", "neutral")  # animation.source "builtin:<name>" (backend/animation.py)

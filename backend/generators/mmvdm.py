@@ -14,8 +14,8 @@ extensions. :meth:`MMVDMGenerator.generate` therefore takes the whole ring:
    frames of the same views) from the PNG frames already written, re-encoded with the VAE — so a
    resumed run sees exactly what an uninterrupted one sees. Its conditioning is rendered per view with
    :func:`backend.conditioning.video_conditioning` for the pass's window, with the ``reference_mask``
-   channel equal to the mode's clean-slot mask; CFG scales per view from the angle to the closest
-   reference view (reference camera + the pass's reference views; :func:`~backend.mmvdm.sampler.guidance_scale`).
+   channel equal to the mode's clean-slot mask; CFG scales per view from the angle to the reference
+   image's camera (``cfg_angle``; :mod:`~backend.mmvdm.guidance_angle`, :func:`~backend.mmvdm.sampler.guidance_scale`).
    Each pass is seeded from ``(seed, pass id)`` (:func:`pass_seed`);
 5. checkpoints every finished pass's latents to ``state_dir/<pass id>.safetensors`` atomically (resume
    skips them; a pass cancelled half-way restarts from its first step with the same seed, so the

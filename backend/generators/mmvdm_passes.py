@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as Fn
 from PIL import Image
 
-from ..cameras import view_angle
 from ..conditioning.maps import HeadGeometry, head_geometry, reference_conditioning, video_conditioning
 from ..errors import MVP4DError
 from ..flame import FlameParams
@@ -26,6 +25,7 @@ from ..fsutil import atomic_dir, atomic_path
 from ..jobpaths import confine
 from ..mmvdm.plan import Pass
 from ..mmvdm.guidance import guidance_scale, mode_masks
+from ..mmvdm.guidance_angle import cfg_angle
 from ..mmvdm.sampler import sample, upsample_latents
 from ..mmvdm.schedule import _start_index
 
@@ -189,11 +189,10 @@ class PassRunner:
             self.g._use("vae")
             clean[R:, :C] = self.g.vae.encode_views(_to_unit(imgs)).cpu()
         scales = []
+        refs = [ring.cameras[r] for r in p.reference_views]
         for v in views:
-            cam = ring.cameras[v]
-            angles = [view_angle(cam, self.ref_camera, ring.center)]
-            angles += [view_angle(cam, ring.cameras[r], ring.center) for r in p.reference_views if r != v]
-            scales.append(guidance_scale(min(angles)))
+            scales.append(guidance_scale(cfg_angle(ring.cameras[v], self.ref_camera, refs, ring.center,
+                                                   s.cfg_angle)))
         init = None
         if tag == "final" and s.sampler == "preview":  # the dense preview pass of this window holds every view
             dense = self.state_dir / f"preview-w{p.window_index}-key.safetensors"

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import bad_input
 from ..mmvdm.guidance import GUIDANCE_MODES
+from ..mmvdm.guidance_angle import CFG_ANGLE_MODES
 from ..mmvdm.sampler import SAMPLERS
 
 
@@ -45,6 +46,7 @@ class MMVDMSettings:
     refine_strength: float = 0.6  # preview sampler: 0 = the upsampled preview is the output
     window_frames: int = 49
     context_frames: int = 9
+    cfg_angle: str = "reference_image"  # mmvdm/guidance_angle.py: the angle the CFG scale grows with
 
     def validate(self) -> None:
         if self.guidance not in GUIDANCE_MODES:
@@ -57,6 +59,8 @@ class MMVDMSettings:
             raise bad_input(f"generator.offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
         if self.cfg_passes not in CFG_PASSES:
             raise bad_input(f"generator.cfg_passes must be one of {', '.join(CFG_PASSES)}, got {self.cfg_passes!r}")
+        if self.cfg_angle not in CFG_ANGLE_MODES:
+            raise bad_input(f"generator.cfg_angle must be one of {', '.join(CFG_ANGLE_MODES)}, got {self.cfg_angle!r}")
         if not 0.0 <= float(self.refine_strength) <= 1.0:
             raise bad_input(f"generator.refine_strength must be in [0, 1], got {self.refine_strength!r}")
         if self.preview_factor not in (1, 2, 4):

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import MVP4DError
-from .attention import BASE_TOKEN_COUNT
+from .attention import BASE_TOKEN_COUNT, DEFAULT_ATTENTION_SCALE_MODE
 
 __all__ = [
     "CFG_MODES", "mmvdm_2b_config", "tiny_config", "tiny_vae_config", "count_parameters", "latent_frames",
@@ -50,7 +50,8 @@ _CFG_ALIASES = {"off": "none", "no": "none", "standard": "conventional", "batche
                 "multi-view": "multiview", "multi_view": "multiview", "per-view": "multiview", "per_view": "multiview"}
 
 
-def mmvdm_2b_config(conditioning_channels: int = 59, attention_scale_mode: str = "printed") -> dict[str, Any]:
+def mmvdm_2b_config(conditioning_channels: int = 59,
+                     attention_scale_mode: str = DEFAULT_ATTENTION_SCALE_MODE) -> dict[str, Any]:
     """The MMVDM built on CogVideoX-2B (its Hub transformer config; 30 layers, 30 heads × 64, D = 1920)."""
     return dict(
         num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,

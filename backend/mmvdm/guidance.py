@@ -24,10 +24,10 @@ Classifier-free guidance (paper §5, Eq. 2–3)
     the view and its closest *reference view*, clamped to [1.1, 1.6]. This is the paper's rule verbatim
     (§5: "linearly increase the guidance scale with the angular distance to the closest reference view,
     from 1.1 (0 degree deviation) to 1.6 (180 degree deviation)", after Kant et al. 2025); 180° is the
-    largest possible angle, so the clamp only guards bad input. A view's reference views are the
-    reference image's camera and the pass's clean reference views (mode 2/4); its own earlier frames
-    (mode 3/4 context) are the same viewpoint and do not count. The caller computes the angles (it
-    knows the cameras) and passes the per-view scales; the same scales are used for ``conventional``.
+    largest possible angle, so the clamp only guards bad input. Which reference: by default the input
+    reference image's camera (the paper's meaning); optionally also the pass's clean reference views
+    (:mod:`.guidance_angle`, ``generator.cfg_angle``). The caller computes the angles (it knows the
+    cameras) and passes the per-view scales; the same scales are used for ``conventional``.
 """
 
 from __future__ import annotations

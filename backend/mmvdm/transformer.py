@@ -36,7 +36,8 @@ from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTran
 from diffusers.utils import apply_lora_scale
 from torch import nn
 
-from .attention import ATTENTION_SCALE_MODES, BASE_TOKEN_COUNT, MMVDMAttnProcessor, attention_logit_scale
+from .attention import (ATTENTION_SCALE_MODES, BASE_TOKEN_COUNT, LEGACY_ATTENTION_SCALE_MODE, MMVDMAttnProcessor,
+                        attention_logit_scale)
 from .embeddings import initial_reference_temporal, reference_positional_embedding, video_positional_embedding
 
 __all__ = ["MMVDMTransformer"]
@@ -84,7 +85,7 @@ class MMVDMTransformer(CogVideoXTransformer3DModel):
         use_learned_positional_embeddings: bool = False,
         patch_bias: bool = True,
         conditioning_channels: int = 59,
-        attention_scale_mode: str = "printed",
+        attention_scale_mode: str = LEGACY_ATTENTION_SCALE_MODE,  # a config without the key: its old meaning
         base_token_count: int = BASE_TOKEN_COUNT,
     ):
         if patch_size_t is not None:

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import MVP4DError
 from ..fsutil import atomic_dir, write_json_atomic
+from .attention import DEFAULT_ATTENTION_SCALE_MODE
 from .configs import estimate_memory, mmvdm_2b_config, tiny_config
 from .embeddings import initial_reference_temporal
 from .transformer import MMVDMTransformer
@@ -252,7 +253,8 @@ def mmvdm_state_from_cogvideox(state: dict[str, torch.Tensor], config: dict[str,
 
 
 def build_mmvdm_from_cogvideox(src_dir: str | Path, dst_dir: str | Path, conditioning_channels: int = 59,
-                               dtype: torch.dtype = torch.bfloat16, *, attention_scale_mode: str = "printed",
+                               dtype: torch.dtype = torch.bfloat16, *,
+                               attention_scale_mode: str = DEFAULT_ATTENTION_SCALE_MODE,
                                max_shard_size: str | int = "10GB") -> Path:
     """Convert a local CogVideoX-2B diffusers folder into an MMVDM folder at ``dst_dir`` (atomic).
 

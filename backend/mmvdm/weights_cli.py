@@ -7,6 +7,7 @@ import json
 
 from ..errors import MVP4DError
 from ..events import report_error
+from .attention import ATTENTION_SCALE_MODES, DEFAULT_ATTENTION_SCALE_MODE
 
 
 
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="MMVDM folder to write")
     b.add_argument("--conditioning-channels", type=int, default=59)
     b.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    b.add_argument("--attention-scale-mode", choices=("printed", "entropy", "none"), default="printed")
+    b.add_argument("--attention-scale-mode", choices=ATTENTION_SCALE_MODES, default=DEFAULT_ATTENTION_SCALE_MODE)
     i = sub.add_parser("init", help="an MMVDM folder with random weights (smoke tests, benchmarks; outputs noise)")
     i.add_argument("--size", choices=("tiny", "2b"), default="tiny")
     i.add_argument("--out", required=True, help="MMVDM folder to write (must not exist)")

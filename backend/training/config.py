@@ -195,6 +195,7 @@ def build_model(cfg: TrainConfig, log: Callable[[str], None] = lambda m: None):
     """(transformer float32, VAE, scheduler config) per ``cfg.model`` (see the module docstring)."""
     from diffusers import AutoencoderKLCogVideoX
 
+    from ..mmvdm.attention import DEFAULT_ATTENTION_SCALE_MODE
     from ..mmvdm.configs import tiny_vae_config
     from ..mmvdm.schedule import SCHEDULER_CONFIG
     from ..mmvdm.transformer import MMVDMTransformer
@@ -207,7 +208,8 @@ def build_model(cfg: TrainConfig, log: Callable[[str], None] = lambda m: None):
         if not (dst / "mmvdm.json").is_file():
             log(f"converting CogVideoX weights from {m['path']} into {dst}")
             build_mmvdm_from_cogvideox(m["path"], dst, conditioning_channels=int(m.get("conditioning_channels", 59)),
-                                       dtype=torch.float32, attention_scale_mode=m.get("attention_scale_mode", "printed"))
+                                       dtype=torch.float32,
+                                       attention_scale_mode=m.get("attention_scale_mode", DEFAULT_ATTENTION_SCALE_MODE))
         comp = load_mmvdm(dst, dtype=torch.float32)
         return comp.transformer, comp.vae, comp.scheduler_config
     if init == "mmvdm":

@@ -13,10 +13,14 @@ reference image: a random view facing the head (angle between the head's forward
 direction to the camera ≤ ``max_reference_angle`` at that frame, or the sequence's ``reference_views``),
 then a random frame outside the sampled frames; if the window covers every frame (e.g. a multi-view
 image set, F_max = 1), a facing view outside the sampled views; failing both, the non-target slot whose
-view faces the head best. Each view is cropped to a square box 25 % larger than the head's projected
-bounding box over the sampled frames (S2.1; one box per view and item, so the view's camera is constant
-over the window like the ring cameras at inference) and resized to D × D; the reference image is cropped
-the same way from its own frame, with an out-crop mask for padding.
+view faces the head best. Every frame of every view is cropped around the projected head as in S2.1: a
+square box 25 % larger than the head's tight projected box, its centre and size smoothed over time with
+the inference crop's Gaussian (:func:`~backend.conditioning.crop.face_crop_boxes`, sigma
+``CROP_SMOOTHING_FRAMES`` video frames), resized to D × D; each frame gets the crop camera (intrinsics) that
+follows from its box (``TrainingItem.frame_cameras``), so a moving head stays centred and the same size.
+``per_frame_crops=False`` keeps one box per view over the window (a constant camera, like the ring cameras
+at inference; the experiment's evaluation items use it). The reference image is cropped the same way from
+its own frame, with an out-crop mask for padding.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..conditioning.crop import CROP_SCALE, crop_camera, crop_image, head_boxes
+from ..conditioning.crop import CROP_SCALE, CROP_SMOOTHING_FRAMES, crop_camera, crop_image, face_crop_boxes, head_boxes
 from ..errors import MVP4DError
 from ..flame import Flame, FlameParams, load_flame
 from .frames import read_frames, write_dataset_json, write_sequence
@@ -73,7 +77,7 @@ class TrainingItem:
     views: list[str]
     frames: list[int]
     images: np.ndarray  # (V, F, D, D, 3) uint8 on white
-    cameras: list[Camera]  # V crop cameras (D × D), constant over the frames
+    cameras: list[Camera]  # V crop cameras (D × D) of the first frame
     params: FlameParams  # F frames
     reference_image: np.ndarray  # (D, D, 3) uint8
     reference_camera: Camera
@@ -82,6 +86,13 @@ class TrainingItem:
     reference_view: str
     reference_frame: int
     dataset: str = ""
+    frame_cameras: list[list[Camera]] | None = None  # V × F per-frame crop cameras; None: ``cameras`` throughout
+
+    def view_cameras(self, view: int) -> list[Camera]:
+        """The crop camera of each frame of view ``view`` (index into ``views``)."""
+        if self.frame_cameras is None:
+            return [self.cameras[view]] * self.num_frames
+        return list(self.frame_cameras[view])
 
     @property
     def num_views(self) -> int:
@@ -239,8 +250,9 @@ class TrainingDataset:
         return v, f
 
     def load(self, index: int, view_idx: Sequence[int], frame_idx: Sequence[int], ref_view: int, ref_frame: int,
-             size: int) -> TrainingItem:
-        """Read, matte and crop the given views × frames and the reference slot at ``size`` × ``size``."""
+             size: int, *, per_frame_crops: bool = True) -> TrainingItem:
+        """Read, matte and crop the given views × frames and the reference slot at ``size`` × ``size``
+        (per-frame smoothed crops, or one box per view with ``per_frame_crops=False``; module docstring)."""
         info = self.sequences[index]
         params = _slice_params(info.params, frame_idx)
         ref_params = _slice_params(info.params, [ref_frame])
@@ -249,14 +261,21 @@ class TrainingDataset:
         if not np.isfinite(verts).all():
             raise DatasetError(info.name, [Problem(info.name, "flame.npz", "parameters give non-finite vertices")])
         head = verts[:, self._head_mask]
-        images, cams = [], []
+        images, cams, frame_cams = [], [], []
+        steps = np.diff(np.asarray(frame_idx, dtype=np.float64))
+        sigma = CROP_SMOOTHING_FRAMES / (float(np.median(steps)) if len(steps) else 1.0)  # in video frames
         for v in view_idx:
             cam = info.cameras[v]
-            box = self._box(info, cam, head[:-1])
+            if per_frame_crops:
+                self._box(info, cam, head[:-1])  # names the sequence if the head is behind the camera
+                boxes = face_crop_boxes(cam, head[:-1], scale=CROP_SCALE, sigma_frames=sigma)
+            else:
+                boxes = np.repeat(self._box(info, cam, head[:-1])[None], len(frame_idx), axis=0)
             frames = read_frames(info, info.views[v], frame_idx)
-            crops = [crop_image(fr, box, size)[0] for fr in frames]
+            crops = [crop_image(fr, box, size)[0] for fr, box in zip(frames, boxes)]
             images.append(np.stack(crops))
-            cams.append(crop_camera(cam, box, size))
+            frame_cams.append([crop_camera(cam, box, size) for box in boxes])
+            cams.append(frame_cams[-1][0])
         rcam = info.cameras[ref_view]
         rbox = self._box(info, rcam, head[-1:])
         ref_img = read_frames(info, info.views[ref_view], [ref_frame])[0]
@@ -265,7 +284,7 @@ class TrainingDataset:
                             images=np.stack(images), cameras=cams, params=params, reference_image=ref_crop,
                             reference_camera=crop_camera(rcam, rbox, size), reference_params=ref_params,
                             reference_outcrop=outcrop, reference_view=info.views[ref_view], reference_frame=int(ref_frame),
-                            dataset=info.dataset)
+                            dataset=info.dataset, frame_cameras=frame_cams if per_frame_crops else None)
 
     @staticmethod
     def _box(info: SequenceInfo, cam: Camera, head: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ def eval_cases(heldout_root: Path, size: int, window: int = 9) -> list[EvalCase]
     for i, seq in enumerate(ds.sequences):
         views = [v for v in range(seq.num_views) if seq.views[v] != "ref"]
         frames = list(range(seq.num_frames - window, seq.num_frames))
-        item = ds.load(i, views, frames, seq.views.index("ref"), 0, size)
+        item = ds.load(i, views, frames, seq.views.index("ref"), 0, size, per_frame_crops=False)  # ring-like cameras
         with torch.no_grad():
             verts = ds.flame(item.params).vertices
         center = verts[:, ds._head_mask].mean((0, 1)).double().numpy()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..conditioning.maps import NUM_CHANNELS, head_geometry, reference_conditioning, video_conditioning
+from ..conditioning.per_frame import video_conditioning_per_frame
 from ..flame import Flame
 from ..mmvdm.guidance import mode_masks
 from .curriculum import SampleMode, latent_frames
@@ -54,10 +55,13 @@ def prepare_sample(flame: Flame, item: TrainingItem, mode: SampleMode, latent_do
         ref_cond = torch.zeros(NUM_CHANNELS, h, w)
     else:
         geo = head_geometry(flame, item.params)
-        cond = torch.stack([
-            video_conditioning(flame, item.params, cam, item.reference_camera,
-                               reference_frames=[k for k in range(T) if bool(mask[i, k])],
-                               latent_downsample=latent_downsample, geometry=geo).cpu()
+        cond = torch.stack([  # per-frame crop cameras (training reader) or one camera per view
+            (video_conditioning(flame, item.params, cam, item.reference_camera,
+                                reference_frames=[k for k in range(T) if bool(mask[i, k])],
+                                latent_downsample=latent_downsample, geometry=geo) if item.frame_cameras is None else
+             video_conditioning_per_frame(flame, item.params, item.view_cameras(i), item.reference_camera,
+                                          reference_frames=[k for k in range(T) if bool(mask[i, k])],
+                                          latent_downsample=latent_downsample, geometry=geo)).cpu()
             for i, cam in enumerate(item.cameras)])
         ref_cond = reference_conditioning(flame, item.reference_params, item.reference_camera, item.reference_outcrop,
                                           latent_downsample=latent_downsample).cpu()

@@ -103,7 +103,7 @@ def test_attention_scale_formula(n):
     if n > nt:
         assert attention_logit_scale(n, nt, "printed") < 1 < attention_logit_scale(n, nt, "entropy")
     if n == 107520:  # 8 views x 13 latents x 32^2 + reference (reference note, §8)
-        assert attention_logit_scale(n) == pytest.approx(0.905, abs=1e-3)
+        assert attention_logit_scale(n, mode="printed") == pytest.approx(0.905, abs=1e-3)
         assert attention_logit_scale(n, mode="entropy") == pytest.approx(1.105, abs=1e-3)
     with pytest.raises(ValueError):
         attention_logit_scale(n, nt, "sideways")

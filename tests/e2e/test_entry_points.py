@@ -91,6 +91,8 @@ SLOW_CASES = {
     "dataset-validate-file": (lambda t: ["dataset", "validate", str(_touch(t / "d.bin"))], "BAD_INPUT", "d.bin"),
     "train-latin1-config": (lambda t: ["train", "--config", str(_write(t / "c.toml", "café = 1\n".encode("latin-1")))],
                             "BAD_INPUT", "c.toml"),
+    "evaluate-missing": (lambda t: ["evaluate", str(t / "none.safetensors"), "--against", str(t)], "BAD_INPUT",
+                         "none.safetensors"),
 }
 
 
