@@ -40,7 +40,7 @@ _PSNR_CAP = 100.0  # identical images: +inf dB; reported as this cap so that JSO
 
 def bundle_path(target: str | Path) -> Path:
     """The bundle of a job folder (``outputs/avatar.safetensors``) or the bundle file itself."""
-    from ..avatar.stage import BUNDLE_NAME
+    from ..avatar.fit_export_stages import BUNDLE_NAME
 
     p = Path(target)
     if p.is_dir():
@@ -61,7 +61,7 @@ def _mean(xs: list) -> float | None:
 def evaluate_bundle(bundle, gt: GroundTruth, metrics: MetricSet,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """The report dict (module docstring) of ``bundle`` against ``gt``."""
-    from ..avatar.stage import render_bundle
+    from ..avatar.fit_export_stages import render_bundle
 
     views = []
     n = len(gt.cameras) * len(gt.frames)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backend.avatar.bundle import write_bundle
-from backend.avatar.stage import render_bundle
+from backend.avatar.fit_export_stages import render_bundle
 from backend.cameras import orbit_camera
 from backend.errors import MVP4DError
 from backend.evaluation import jod as jod_module

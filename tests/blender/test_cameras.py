@@ -174,7 +174,7 @@ def test_conversion_projects_like_blender(scene, fit, res, shift, aspect):
     from bpy_extras.object_utils import world_to_camera_view
     from mathutils import Euler, Vector
 
-    cams = import_module(f"{ADDON}.io.cameras")
+    cams = import_module(f"{ADDON}.io.camera_math")
     r = scene.render
     r.resolution_x, r.resolution_y, r.resolution_percentage = res[0], res[1], 100
     r.pixel_aspect_x, r.pixel_aspect_y = aspect
