@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import bad_input
+from ..estimates import MMVDM_VRAM
 from ..mmvdm.guidance import GUIDANCE_MODES
 from ..mmvdm.sampler import SAMPLERS
 
@@ -16,13 +17,9 @@ from ..mmvdm.sampler import SAMPLERS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD_MODES = ("none", "model", "sequential")
 CFG_PASSES = ("sequential", "batched")
-#: memory presets (``generator.vram``): defaults for the memory-only switches; results do not change
-VRAM_PRESETS: dict[str, dict[str, Any]] = {
-    "high": dict(cfg_passes="batched", vae_tiling=False, offload="none"),  # >= 40 GB: fastest
-    "medium": dict(cfg_passes="sequential", vae_tiling=False, offload="none"),  # ~24 GB (the default)
-    "low": dict(cfg_passes="sequential", vae_tiling=True, offload="model"),  # ~12-16 GB
-    "lowest": dict(cfg_passes="sequential", vae_tiling=True, offload="sequential"),  # slowest
-}
+#: memory presets (``generator.vram``): defaults for the memory-only switches (one definition in
+#: :mod:`backend.estimates`, which the add-on reads too); results do not change
+VRAM_PRESETS = MMVDM_VRAM
 
 
 @dataclass
