@@ -73,3 +73,14 @@ def test_cap4d_generator_reports_the_ui_estimate(preset):
 
 def test_projection_has_no_gpu_figure():
     assert estimates.ui_estimate("projection", "360", "high") == {"peak_gib": None, "minutes": None}
+
+
+def test_vram_modes_and_setting_choices_are_the_contracts():
+    from backend.errors import MVP4DError
+    from backend.protocol import DTYPES, VRAM_PRESETS
+
+    assert set(estimates.MMVDM_VRAM) == set(estimates.CAP4D_VRAM) == set(VRAM_PRESETS)
+    MMVDMSettings(dtype="auto").validate()
+    with pytest.raises(MVP4DError) as e:
+        MMVDMSettings(dtype="bf8").validate()
+    assert e.value.code == "BAD_INPUT" and ", ".join(DTYPES) in e.value.message
