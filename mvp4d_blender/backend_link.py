@@ -59,6 +59,12 @@ def errors() -> ModuleType:
     return importlib.import_module(f"{_PRIVATE}.errors")
 
 
+def estimates() -> ModuleType:
+    """``backend.estimates`` (torch-free): the generators' GPU memory and time estimates."""
+    _backend_package()
+    return importlib.import_module(f"{_PRIVATE}.estimates")
+
+
 def unload() -> None:
     """Forget the private backend modules (on unregister, so a reinstalled add-on gets fresh ones)."""
     for name in [n for n in sys.modules if n == _PRIVATE or n.startswith(_PRIVATE + ".")]:

@@ -10,14 +10,13 @@ running the UNet on the **meta device**: shapes only, no memory and no arithmeti
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..protocol import CAP4D_QUALITY
+from ..estimates import cap4d_flops
 from .config import NUM_VIEWS, sd21_upstream_config, unet_config_from_upstream
 from .unet import MMDMUNet
 
@@ -43,11 +42,9 @@ def forward_flops(views: int = NUM_VIEWS, resolution: int = 512, cfg: bool = Tru
 
 
 def preset_cost(quality: str, references: int = 1, max_refs: int = 4) -> dict[str, Any]:
-    """Forwards and FLOPs of a CAP4D quality preset (:data:`~backend.protocol.CAP4D_QUALITY`)."""
-    images, steps, res = CAP4D_QUALITY[quality]
-    r = min(references, max_refs)
-    groups = math.ceil(images / (NUM_VIEWS - r))
-    per = forward_flops(NUM_VIEWS, res)
-    return {"quality": quality, "images": images, "steps": steps, "resolution": res, "references": r,
-            "groups_per_step": groups, "forwards": groups * steps, "flops_per_forward": per,
-            "flops": groups * steps * per}
+    """Forwards and FLOPs of a CAP4D quality preset (:data:`~backend.protocol.CAP4D_QUALITY`); the forward
+    count is :func:`backend.estimates.cap4d_flops`'s, the FLOPs per forward counted here."""
+    plan = cap4d_flops(quality, references, max_refs)
+    per = forward_flops(NUM_VIEWS, plan["resolution"])
+    return {"quality": quality, **{k: v for k, v in plan.items() if k != "flops"}, "flops_per_forward": per,
+            "flops": plan["forwards"] * per}

@@ -37,6 +37,8 @@ from safetensors.torch import load_file, save_file
 from ..cameras import Camera, CameraRing
 from ..conditioning.crop import crop_camera, crop_image, head_boxes
 from ..errors import MVP4DError, bad_input
+from ..estimates import CAP4D_VRAM as _CAP4D_VRAM
+from ..estimates import cap4d_memory
 from ..flame import Flame, FlameParams
 from ..fsutil import atomic_dir, atomic_path, write_json_atomic
 from ..protocol import CAP4D_QUALITY, CAP4D_QUALITY_FOR_PRESET
@@ -46,20 +48,8 @@ __all__ = ["CAP4DSettings", "CAP4DGenerator", "StepCheckpoint", "cap4d_frames", 
 GiB = 1024**3
 #: crop side / larger side of the projected head box (upstream's 20 % margin)
 CAP4D_CROP_SCALE = 1.2
-#: memory presets: groups per UNet call, VAE tiling, model offload (results do not change)
-CAP4D_VRAM: dict[str, dict[str, Any]] = {
-    "high": dict(groups_per_batch=4, cfg_batched=True, vae_tiling=False, offload="none"),
-    "medium": dict(groups_per_batch=1, cfg_batched=True, vae_tiling=False, offload="none"),
-    "low": dict(groups_per_batch=1, cfg_batched=False, vae_tiling=True, offload="none"),
-    "lowest": dict(groups_per_batch=1, cfg_batched=False, vae_tiling=True, offload="model"),
-}
-_UNET_PARAMS = 815.55e6
-_VAE_PARAMS = 83.65e6
-#: activation peak of one 512² image inside a UNet forward in half precision with a flash-class
-#: kernel (linear in tokens); an estimate to be replaced by ``bench cap4d``'s measured peak
-_ACT_BYTES_512 = 0.35 * GiB
-#: VAE decode peak of one 512² image in half precision, untiled / tiled
-_VAE_BYTES_512, _VAE_TILED_BYTES_512 = 2.6 * GiB, 0.9 * GiB
+#: memory presets: groups per UNet call, VAE tiling, model offload (one definition in :mod:`backend.estimates`)
+CAP4D_VRAM = _CAP4D_VRAM
 
 
 def cap4d_frames(num_frames: int, num_views: int, quality: str) -> list[int]:
@@ -109,15 +99,11 @@ class CAP4DSettings:
 
 
 def estimate_vram(settings: CAP4DSettings, device: torch.device) -> dict[str, int]:
-    """Bytes: ``unet`` (weights + one CFG batch of 8-view groups), ``vae`` (decode), ``peak``."""
-    res = CAP4D_QUALITY[settings.quality][2]
-    b = torch.empty((), dtype=settings.torch_dtype(device)).element_size()
-    scale = (res / 512) ** 2 * (b / 2)
-    weights = int(_UNET_PARAMS * b)
-    act = int((2 if settings.cfg_batched else 1) * 8 * settings.groups_per_batch * _ACT_BYTES_512 * scale)
-    vae = int((_VAE_TILED_BYTES_512 if settings.vae_tiling else _VAE_BYTES_512) * scale + _VAE_PARAMS * b)
-    resident = 0 if settings.offload == "model" else weights
-    return {"unet": weights + act, "vae": vae, "peak": max(weights + act, vae + resident), "weights": weights}
+    """Bytes: ``unet`` (weights + one CFG batch of 8-view groups), ``vae`` (decode), ``peak``
+    (:func:`backend.estimates.cap4d_memory` in this device's dtype)."""
+    nbytes = torch.empty((), dtype=settings.torch_dtype(device)).element_size()
+    return cap4d_memory(settings.quality, nbytes=nbytes, groups_per_batch=settings.groups_per_batch,
+                        cfg_batched=settings.cfg_batched, vae_tiling=settings.vae_tiling, offload=settings.offload)
 
 
 class CAP4DGenerator:

@@ -59,6 +59,7 @@ from ..errors import MVP4DError, bad_input
 from ..flame import Flame, FlameParams
 from ..fsutil import remove_inside, write_json_atomic
 from ..jobpaths import confine
+from ..estimates import mmvdm_memory, mmvdm_stage_shapes
 from ..mmvdm.plan import Pass, build_plan, check_plan, describe_plan
 from ..mmvdm.schedule import make_scheduler
 from .mmvdm_passes import PassRunner, pass_seed
@@ -67,9 +68,6 @@ from .mmvdm_settings import CFG_PASSES, DTYPES, OFFLOAD_MODES, VRAM_PRESETS, MMV
 __all__ = ["MMVDMSettings", "MMVDMGenerator", "pass_seed", "DTYPES", "OFFLOAD_MODES", "CFG_PASSES", "VRAM_PRESETS"]
 
 GiB = 1024**3
-#: rough VAE decode peak of one 49-frame 512x512 view in half precision, untiled (reference note §3)
-_VAE_DECODE_BYTES_512 = 13e9
-_VAE_TILED_FRACTION = 3.5 / 13.0
 
 
 class _VaeAdapter:
@@ -125,44 +123,18 @@ class MMVDMGenerator:
     def _stage_shapes(self, plan: list[Pass], ring: CameraRing, res: int) -> list[tuple[int, int, int]]:
         """(views per forward, window frames, resolution) of the largest forward of each stage."""
         s = self.settings
-        shapes = []
-        if s.sampler == "preview":
-            window = min(s.window_frames, max(p.frames[1] for p in plan))
-            shapes.append((len(ring), window, res // s.preview_factor))
-            if s.refine_strength > 0:
-                shapes.append((max(len(p.all_views) for p in plan), max(p.num_window_frames for p in plan), res))
-        else:
-            shapes.append((max(len(p.all_views) for p in plan), max(p.num_window_frames for p in plan), res))
-        return shapes
+        return mmvdm_stage_shapes(plan, len(ring), res, sampler=s.sampler, window_frames=s.window_frames,
+                                  preview_factor=s.preview_factor, refine_strength=s.refine_strength)
 
     def estimate(self, settings: MMVDMSettings, shapes: list[tuple[int, int, int]], device: torch.device) -> dict:
-        """Bytes: ``transformer`` (largest sampling step), ``vae`` (decode of one view), ``peak``."""
-        from ..mmvdm.configs import count_parameters, estimate_memory
+        """Bytes: ``transformer`` (largest sampling step), ``vae`` (decode of one view), ``peak``
+        (:func:`backend.estimates.mmvdm_memory` with this model's config and parameter count)."""
+        from ..mmvdm.configs import count_parameters
 
-        dtype = settings.torch_dtype(device)
-        cfg_mode = settings.guidance
-        if cfg_mode == "multiview" and settings.cfg_passes == "batched":
-            cfg_mode = "conventional"  # batched unconditional passes double the activations like a batched pair
-        trans = 0
-        for views, frames, res in shapes:
-            if settings.sampler == "composed":  # per-view videos and per-frame multi-view sets
-                e = max(estimate_memory(self._config, 1, frames, res, dtype, cfg_mode),
-                        estimate_memory(self._config, views, 1, res, dtype, cfg_mode))
-            else:
-                e = estimate_memory(self._config, views, frames, res, dtype, cfg_mode)
-            trans = max(trans, e)
-        weights = count_parameters(self._config) * torch.empty((), dtype=dtype).element_size()
-        if settings.offload == "sequential":
-            layers = max(1, int(self._config.get("num_layers", 1)))
-            trans = trans - weights + weights // layers
-        frames, res = max(((f, r) for _v, f, r in shapes), key=lambda fr: fr[0] * fr[1] ** 2)  # decoded per view
-        vae = _VAE_DECODE_BYTES_512 * (res / 512) ** 2 * (frames / 49) * (2 if dtype == torch.float32 else 1)
-        if settings.vae_tiling:
-            vae *= _VAE_TILED_FRACTION
-        vae = int(vae)  # decoded one view at a time, so slicing does not change the decode peak here
-        resident = 0 if settings.offload != "none" else weights
-        return {"transformer": int(trans), "vae": vae, "peak": int(max(trans, vae + resident)),
-                "weights": int(weights)}
+        nbytes = torch.empty((), dtype=settings.torch_dtype(device)).element_size()
+        return mmvdm_memory(self._config, count_parameters(self._config), shapes, nbytes=nbytes,
+                            sampler=settings.sampler, guidance=settings.guidance, cfg_passes=settings.cfg_passes,
+                            offload=settings.offload, vae_tiling=settings.vae_tiling)
 
     def check_memory(self, plan: list[Pass], ring: CameraRing, res: int, log: Callable[[str], None]) -> dict:
         s = self.settings

@@ -8,22 +8,16 @@ from typing import Any
 
 import torch
 
+from ..contract.presets import CFG_ANGLE_MODES, CFG_PASSES, DTYPES, GUIDANCE_MODES, OFFLOAD_MODES, SAMPLERS
 from ..errors import bad_input
-from ..mmvdm.guidance import GUIDANCE_MODES
-from ..mmvdm.guidance_angle import CFG_ANGLE_MODES
-from ..mmvdm.sampler import SAMPLERS
+from ..estimates import MMVDM_VRAM
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OFFLOAD_MODES = ("none", "model", "sequential")
-CFG_PASSES = ("sequential", "batched")
-#: memory presets (``generator.vram``): defaults for the memory-only switches; results do not change
-VRAM_PRESETS: dict[str, dict[str, Any]] = {
-    "high": dict(cfg_passes="batched", vae_tiling=False, offload="none"),  # >= 40 GB: fastest
-    "medium": dict(cfg_passes="sequential", vae_tiling=False, offload="none"),  # ~24 GB (the default)
-    "low": dict(cfg_passes="sequential", vae_tiling=True, offload="model"),  # ~12-16 GB
-    "lowest": dict(cfg_passes="sequential", vae_tiling=True, offload="sequential"),  # slowest
-}
+#: ``generator.dtype`` (the contract's :data:`~backend.contract.presets.DTYPES` less "auto") as torch dtypes
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: memory presets (``generator.vram``): defaults for the memory-only switches (one definition in
+#: :mod:`backend.estimates`, which the add-on reads too); results do not change
+VRAM_PRESETS = MMVDM_VRAM
 
 
 @dataclass
@@ -53,8 +47,8 @@ class MMVDMSettings:
             raise bad_input(f"generator.guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}")
         if self.sampler not in SAMPLERS:
             raise bad_input(f"generator.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.dtype not in (*DTYPES, "auto"):
-            raise bad_input(f"generator.dtype must be one of auto, {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise bad_input(f"generator.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.offload not in OFFLOAD_MODES:
             raise bad_input(f"generator.offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
         if self.cfg_passes not in CFG_PASSES:
@@ -89,4 +83,4 @@ class MMVDMSettings:
         if self.dtype == "auto":
             dev = device or self.resolved_device()
             return torch.bfloat16 if dev.type == "cuda" else torch.float32
-        return DTYPES[self.dtype]
+        return _TORCH_DTYPES[self.dtype]

@@ -33,11 +33,13 @@ CUDA context / allocator slack (typically 0.5–1.5 GB).
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Any, Mapping
 
 import torch
 
-from ..errors import MVP4DError
+from ..estimates import CFG_MODES, MMVDM_2B_SHAPE, latent_frames, mmvdm_step_bytes
 from .attention import BASE_TOKEN_COUNT, DEFAULT_ATTENTION_SCALE_MODE
 
 __all__ = [
@@ -45,19 +47,14 @@ __all__ = [
     "forward_flops", "memory_breakdown", "estimate_memory",
 ]
 
-CFG_MODES = ("none", "conventional", "multiview")
-_CFG_ALIASES = {"off": "none", "no": "none", "standard": "conventional", "batched": "conventional",
-                "multi-view": "multiview", "multi_view": "multiview", "per-view": "multiview", "per_view": "multiview"}
-
 
 def mmvdm_2b_config(conditioning_channels: int = 59,
                      attention_scale_mode: str = DEFAULT_ATTENTION_SCALE_MODE) -> dict[str, Any]:
     """The MMVDM built on CogVideoX-2B (its Hub transformer config; 30 layers, 30 heads × 64, D = 1920)."""
     return dict(
-        num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
-        freq_shift=0, time_embed_dim=512, ofs_embed_dim=None, text_embed_dim=4096, num_layers=30, dropout=0.0,
-        attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size=2, patch_size_t=None,
-        temporal_compression_ratio=4, max_text_seq_length=226, activation_fn="gelu-approximate",
+        MMVDM_2B_SHAPE, flip_sin_to_cos=True, freq_shift=0, ofs_embed_dim=None, text_embed_dim=4096, dropout=0.0,
+        attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size_t=None,
+        max_text_seq_length=226, activation_fn="gelu-approximate",
         timestep_activation_fn="silu", norm_elementwise_affine=True, norm_eps=1e-5,
         spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
         use_rotary_positional_embeddings=False, use_learned_positional_embeddings=False, patch_bias=True,
@@ -92,27 +89,18 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def count_parameters(config: Any) -> int:
-    """Exact parameter count (instantiated on the meta device: no memory, no time)."""
+    """Exact parameter count (instantiated on the meta device: no memory; cached per config because the
+    full-size model takes seconds to build and the memory check asks once per candidate setting)."""
+    return _count_parameters(json.dumps(_config_dict(config), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=16)
+def _count_parameters(config_json: str) -> int:
     from .transformer import MMVDMTransformer
 
     with torch.device("meta"):
-        model = MMVDMTransformer.from_config(_config_dict(config))
+        model = MMVDMTransformer.from_config(json.loads(config_json))
     return sum(p.numel() for p in model.parameters())
-
-
-def latent_frames(frames: int, temporal_compression: int = 4) -> int:
-    """Latent frames T = 1 + F̃ for F = 1 + 4·F̃ pixel frames (BAD_INPUT otherwise)."""
-    if frames < 1 or (frames - 1) % temporal_compression:
-        raise MVP4DError("BAD_INPUT", f"{frames} frames per view is not 1 + {temporal_compression}·k",
-                         "Use 1 + 4·k frames per view (e.g. 1, 9, 49 or 89).")
-    return 1 + (frames - 1) // temporal_compression
-
-
-def _latent_hw(res: int | tuple[int, int], patch: int) -> tuple[int, int]:
-    height, width = (res, res) if isinstance(res, int) else res
-    if height % (8 * patch) or width % (8 * patch):
-        raise MVP4DError("BAD_INPUT", f"resolution {height}×{width} is not a multiple of {8 * patch}")
-    return height // 8, width // 8
 
 
 def forward_flops(config: Any, views: int, frames: int, height: int, width: int, *,
@@ -143,37 +131,16 @@ def forward_flops(config: Any, views: int, frames: int, height: int, width: int,
     return out
 
 
-def _normalise_cfg_mode(cfg_mode: str) -> str:
-    mode = _CFG_ALIASES.get(str(cfg_mode).lower(), str(cfg_mode).lower())
-    if mode not in CFG_MODES:
-        raise MVP4DError("BAD_INPUT", f"unknown CFG mode {cfg_mode!r}", f"Use one of {', '.join(CFG_MODES)}.")
-    return mode
-
-
 def memory_breakdown(config: Any, views: int, frames: int, res: int | tuple[int, int],
                      dtype: torch.dtype = torch.bfloat16, cfg_mode: str = "multiview") -> dict[str, int]:
     """Bytes of one sampling step: ``weights``, ``activations``, ``io``, ``total`` (+ ``tokens``).
 
-    ``frames`` are pixel frames per view (1 + 4k), ``res`` pixels (int or (H, W)).
+    ``frames`` are pixel frames per view (1 + 4k), ``res`` pixels (int or (H, W)); the formula is
+    :func:`backend.estimates.mmvdm_step_bytes` with this config's exact parameter count.
     """
     c = _config_dict(config)
-    mode = _normalise_cfg_mode(cfg_mode)
-    t = latent_frames(frames, c.get("temporal_compression_ratio", 4))
-    h, w = _latent_hw(res, c["patch_size"])
     nbytes = torch.empty((), dtype=dtype).element_size()
-    d_model = c["num_attention_heads"] * c["attention_head_dim"]
-    n = (1 + views * t) * (h // c["patch_size"]) * (w // c["patch_size"])
-    b = 2 if mode == "conventional" else 1
-    k = 2 if mode == "none" else 4
-    latents = views * t * h * w
-    parts = {
-        "weights": count_parameters(c) * nbytes,
-        "activations": b * 12 * n * d_model * nbytes,
-        "io": latents * (4 * c["in_channels"] * k + nbytes * c.get("conditioning_channels", 0)),
-    }
-    parts["total"] = sum(parts.values())
-    parts["tokens"] = n
-    return parts
+    return mmvdm_step_bytes(c, count_parameters(c), views, frames, res, nbytes, cfg_mode)
 
 
 def estimate_memory(config: Any, views: int, frames: int, res: int | tuple[int, int],

@@ -40,9 +40,6 @@ import torch
 from ..errors import bad_input
 
 
-GUIDANCE_MODES = ("multiview", "conventional", "none")
-
-
 MIN_GUIDANCE, MAX_GUIDANCE, MAX_GUIDANCE_ANGLE = 1.1, 1.6, 180.0
 
 

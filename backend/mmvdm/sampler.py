@@ -42,9 +42,10 @@ from typing import Any
 import torch
 import torch.nn.functional as Fn
 
+from ..contract.presets import GUIDANCE_MODES, SAMPLERS  # the one definition (the job spec validates against it)
 from ..errors import bad_input
 from .denoiser import _Denoiser, _model_device
-from .guidance import (GUIDANCE_MODES, MAX_GUIDANCE, MAX_GUIDANCE_ANGLE, MIN_GUIDANCE, _as_scales, guidance_scale,
+from .guidance import (MAX_GUIDANCE, MAX_GUIDANCE_ANGLE, MIN_GUIDANCE, _as_scales, guidance_scale,
                        guidance_scales, mode_masks)
 from .schedule import SCHEDULER_CONFIG, _ddim_step, _start_index, _vrs_renoise, make_scheduler, schedule
 
@@ -64,8 +65,6 @@ __all__ = [
     "upsample_latents",
     "sample",
 ]
-
-SAMPLERS = ("joint", "composed", "preview")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ def test_zip_layout(addon_zip):
     for part in ("__init__", "presets", "validation", "jobspec", "event_schema", "file_formats"):
         assert f"mvp4d_blender/backend_src/backend/contract/{part}.py" in names
     assert "mvp4d_blender/backend_src/pyproject.toml" in names
+    # the generators' memory/time estimator the panel asks, with the torch-free modules it reads
+    for part in ("estimates", "mmvdm/plan", "cameras/rings"):
+        assert f"mvp4d_blender/backend_src/backend/{part}.py" in names
     assert any(n.startswith("mvp4d_blender/wheels/safetensors-") for n in names)
     assert not any("__pycache__" in n for n in names)
     import tomllib
@@ -61,6 +64,9 @@ def test_installed_and_enabled(addon):
     assert "backend_src" in str(link.backend_root())
     assert link.protocol().SCHEMA_VERSION >= 1
     assert link.protocol().JobSpec.__module__ == f"{ADDON}._backend.contract.jobspec"
+    est = link.estimates()
+    assert est.__name__ == f"{ADDON}._backend.estimates"
+    assert est.ui_estimate("mmvdm", "360", "LOW")["peak_gib"] < est.ui_estimate("mmvdm", "360", "HIGH")["peak_gib"]
     assert "torch" not in sys.modules  # the add-on never imports the ML stack
 
 
