@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source")
     p.add_argument("out")
     p.set_defaults(func=cmd_export_flame)
-    args = parser.parse_args(argv)
+    return run_json_command(parser.parse_args(argv))
+
+
+def run_json_command(args: argparse.Namespace) -> int:
+    """Run a parsed helper command: its result as one JSON line, or its error as one error event (exit 1)."""
     try:
         print(json.dumps(args.func(args)), flush=True)
         return 0

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.errors import MVP4DError
-from backend.events import EventSink
+from backend.blender_support import run_json_command
 
 
 def cmd_flame_forward(args: argparse.Namespace) -> dict:
@@ -130,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_toy_bundle)
-    args = parser.parse_args(argv)
-    try:
-        print(json.dumps(args.func(args)), flush=True)
-        return 0
-    except MVP4DError as e:
-        EventSink(None, stream=sys.stdout).error(e)
-        return 1
+    return run_json_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

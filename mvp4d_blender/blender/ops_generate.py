@@ -118,10 +118,7 @@ class MVP4D_OT_generate_avatar(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if runtime.any_running():
-            cls.poll_message_set("A job is already running (Cancel it first)")
-            return False
-        return True
+        return runtime.poll_no_job(cls)
 
     def execute(self, context):
         scene, m = context.scene, context.scene.mvp4d
@@ -173,10 +170,7 @@ class MVP4D_OT_fit_rig(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if runtime.any_running():
-            cls.poll_message_set("A job is running")
-            return False
-        return True
+        return runtime.poll_no_job(cls)
 
     def execute(self, context):
         try:

@@ -90,10 +90,7 @@ class MVP4D_OT_animation_from_video(bpy.types.Operator, ImportHelper):
 
     @classmethod
     def poll(cls, context):
-        if runtime.any_running():
-            cls.poll_message_set("A job is running (Cancel it first)")
-            return False
-        return True
+        return runtime.poll_no_job(cls)
 
     def execute(self, context):
         sc = context.scene

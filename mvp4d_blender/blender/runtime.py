@@ -60,6 +60,14 @@ def any_running() -> bool:
     return any(not j.process.state.finished for j in _jobs.values())
 
 
+def poll_no_job(op_cls) -> bool:
+    """An operator's ``poll`` for steps that start a backend job: one job at a time, with the reason shown."""
+    if any_running():
+        op_cls.poll_message_set("A job is already running (Cancel it first)")
+        return False
+    return True
+
+
 def _scenes_for(job_dir: str):
     k = key(job_dir)
     return [s for s in bpy.data.scenes if getattr(s, "mvp4d", None) and s.mvp4d.job_dir and key(s.mvp4d.job_dir) == k]

@@ -60,3 +60,21 @@ def tiny_state(seed: int = 0, geometry: dict[str, torch.Tensor] | None = None) -
 def write_tiny_checkpoint(path: Path, seed: int = 0, geometry: dict[str, torch.Tensor] | None = None) -> Path:
     torch.save(tiny_state(seed, geometry), path)
     return path
+
+
+def tiny_cap4d_scene(folder: Path, azimuths: tuple[float, ...]):
+    """A tiny random CAP4D checkpoint on the FLAME-layout head and a 64 px ring at ``azimuths`` (views named
+    ``view0``, ``view1``, ...): ``(flame, components, ring)`` for generator tests."""
+    from backend.cameras import CameraRing
+    from backend.cap4d.weights import load_cap4d
+    from backend.flame import Flame
+
+    from .cap4d_flame import cap4d_geometry, flame_layout_head
+    from .test_cap4d_maps import _camera
+
+    model = flame_layout_head()
+    comp = load_cap4d(write_tiny_checkpoint(folder / "t.ckpt", geometry=cap4d_geometry(model)))
+    ring = CameraRing.from_cameras([_camera(64, az) for az in azimuths])
+    for i, c in enumerate(ring.cameras):
+        c.name = f"view{i}"
+    return Flame(model), comp, ring

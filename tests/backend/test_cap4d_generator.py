@@ -6,26 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from backend.cameras import CameraRing
-from backend.cap4d.weights import load_cap4d
-from backend.flame import Flame, FlameParams
+from backend.flame import FlameParams
 from backend.generators.cap4d import CAP4DGenerator, CAP4DSettings
 
-from .cap4d_flame import cap4d_geometry, flame_layout_head
-from .cap4d_tiny import write_tiny_checkpoint
+from .cap4d_tiny import tiny_cap4d_scene
 from .test_cap4d_maps import _camera
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gen")
-    model = flame_layout_head()
-    comp = load_cap4d(write_tiny_checkpoint(d / "t.ckpt", geometry=cap4d_geometry(model)))
-    flame = Flame(model)
-    ring = CameraRing.from_cameras([_camera(64, az) for az in (-30.0, 30.0)])
-    for i, c in enumerate(ring.cameras):
-        c.name = f"view{i}"
-    return flame, comp, ring
+    return tiny_cap4d_scene(tmp_path_factory.mktemp("gen"), (-30.0, 30.0))
 
 
 def test_generate_resume_and_settings_change(tmp_path, setup):

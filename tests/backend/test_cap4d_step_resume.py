@@ -8,14 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.cameras import CameraRing
-from backend.cap4d.weights import load_cap4d
 from backend.errors import Cancelled
-from backend.flame import Flame, FlameParams
+from backend.flame import FlameParams
 from backend.generators.cap4d import CAP4DGenerator, CAP4DSettings
 
-from .cap4d_flame import cap4d_geometry, flame_layout_head
-from .cap4d_tiny import write_tiny_checkpoint
+from .cap4d_tiny import tiny_cap4d_scene
 from .test_cap4d_maps import _camera
 
 FRAMES = [0, 1, 2]
@@ -24,13 +21,7 @@ FRAMES = [0, 1, 2]
 @pytest.fixture(scope="module")
 def cap4d_setup(tmp_path_factory):
     """4 views × 3 frames = 12 targets: two groups of 7 per step (1 reference)."""
-    d = tmp_path_factory.mktemp("cap4d")
-    model = flame_layout_head()
-    comp = load_cap4d(write_tiny_checkpoint(d / "t.ckpt", geometry=cap4d_geometry(model)))
-    flame = Flame(model)
-    ring = CameraRing.from_cameras([_camera(64, az) for az in (-40.0, -15.0, 15.0, 40.0)])
-    for i, c in enumerate(ring.cameras):
-        c.name = f"view{i}"
+    flame, comp, ring = tiny_cap4d_scene(tmp_path_factory.mktemp("cap4d"), (-40.0, -15.0, 15.0, 40.0))
     params = FlameParams.zeros(flame.model, 3)
     params.jaw_pose[2, 0] = 0.2
     matted = np.full((64, 64, 3), 255, np.uint8)
