@@ -5,7 +5,9 @@ is exported with ``python -m backend export --format glb`` (head proxy hidden), 
 and driven by Playwright (``web/test/serve_and_drive.mjs``, Debian's chromium, SwiftShader WebGL).
 Checks: the most open-jaw frame changes the mouth's pixels and not the forehead's; frame 0 at the
 ring's camera ``key00`` matches ``python -m backend render`` of the same avatar (PSNR on the head); no
-console errors. ``make test`` installs chromium and web/node_modules (``make web``).
+console errors. ``make test`` installs chromium and web/node_modules (``make web``). To check a real avatar
+instead of the stand-in: ``MVP4D_WEB_AVATAR=out/demo/outputs/avatar.safetensors
+MVP4D_WEB_CAMERAS=out/demo/stages/corpus/cameras.json pytest tests/e2e/test_web_player.py``.
 """
 
 from __future__ import annotations
@@ -73,22 +75,31 @@ def _region(spec, pts: np.ndarray) -> np.ndarray:
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     bundle_path = tmp / "avatar.safetensors"
-    subprocess.run([sys.executable, "-m", "backend.blender_support", "toy-bundle", str(bundle_path), "--frames", "9"],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
-    # a face texture, as a fitted avatar has: colour stripes fixed on the skin (the stand-in is one grey)
-    bundle = read_bundle(bundle_path)
-    rest = local_to_world_np(bundle.parent_face, bundle.local_position, bundle.local_rotation, bundle.log_scale,
-                             bundle.rest_vertices, bundle.faces)[0]
-    rgb = 0.5 + 0.4 * np.sin(2 * np.pi * rest / np.array([0.031, 0.017, 0.023]))
-    bundle.sh[:, 0, :] = (rgb - 0.5) / 0.28209479177387814
+    given = os.environ.get("MVP4D_WEB_AVATAR")  # a real avatar, e.g. `make demo`'s out/demo/outputs/avatar.safetensors
+    if given:
+        shutil.copy(given, bundle_path)
+        bundle = read_bundle(bundle_path)
+    else:
+        subprocess.run([sys.executable, "-m", "backend.blender_support", "toy-bundle", str(bundle_path), "--frames",
+                        "9"], cwd=REPO, check=True, capture_output=True, timeout=300)
+        # a face texture, as a fitted avatar has: colour stripes fixed on the skin (the stand-in is one grey)
+        bundle = read_bundle(bundle_path)
+        rest = local_to_world_np(bundle.parent_face, bundle.local_position, bundle.local_rotation, bundle.log_scale,
+                                 bundle.rest_vertices, bundle.faces)[0]
+        rgb = 0.5 + 0.4 * np.sin(2 * np.pi * rest / np.array([0.031, 0.017, 0.023]))
+        bundle.sh[:, 0, :] = (rgb - 0.5) / 0.28209479177387814
     # one fine detail for all frames: a .glb holds one (the baked frame's), so the backend's render of any
     # frame is then comparable with the player's
     bundle.detail_offsets[:] = bundle.detail_offsets[0]
     write_bundle(bundle_path, bundle)
     code, _, err = run_backend("export", str(bundle_path), "--format", "glb", "--out", str(tmp / "avatar.glb"))
     assert code == 0, err
-    ring = ring_preset("tiny", distance=1.0, resolution=RES)
-    specs = ring.to_specs()
+    if os.environ.get("MVP4D_WEB_CAMERAS"):  # the avatar's own corpus cameras (a job's stages/corpus/cameras.json)
+        from backend.avatar.render_cli import at_resolution, load_cameras
+
+        specs = [at_resolution(c, RES).to_spec() for c in load_cameras(os.environ["MVP4D_WEB_CAMERAS"], bundle)]
+    else:
+        specs = ring_preset("tiny", distance=1.0, resolution=RES).to_specs()
     (tmp / "cameras.json").write_text(json.dumps([dataclasses.asdict(s) for s in specs]))
     _build("player")
     return tmp, bundle_path, next(s for s in specs if s.name == "key00")
