@@ -41,6 +41,9 @@ from .landmarks import FaceLandmarks
 EXPR_PRIOR, JAW_PRIOR, EYE_PRIOR, NECK_PRIOR, SHAPE_PRIOR, FOCAL_PRIOR = 1e-5, 1e-4, 1e-4, 1e-2, 1e-5, 1e-3
 #: temporal (acceleration) prior weight at ``smoothing = 1``; per quantity scaled by its typical size
 SMOOTH_WEIGHT = 2e-4
+#: L-BFGS steps of the key frame's photo fit: it only seeds identity, focal and pose, which the clip fit
+#: refines, so fewer than a photo's 150 do (same accuracy on the ground-truth clip, ~1.4 s less per run)
+KEY_FRAME_STEPS = 60
 
 
 @dataclass
@@ -118,7 +121,7 @@ def _fit_clip(flame, points, width, height, shape_fixed, smoothing, key_frame, s
     lo, hi = full[k0].min(0), full[k0].max(0)
     face = FaceLandmarks(points=full[k0], z=np.zeros(len(full[k0])), box=(lo[0], lo[1], hi[0], hi[1]),
                          image_size=(width, height))
-    key = fit_flame(flame, face, width, height, check=check)
+    key = fit_flame(flame, face, width, height, steps=KEY_FRAME_STEPS, check=check)
     if progress is not None:
         progress(1, 3)
     rig = landmark_rig(flame, dtype=dt)
