@@ -19,15 +19,14 @@ smoke test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
 
+from ..benchkit import (ATTENTION_ALIASES, BENCH_DTYPES, add_forward_args, matmul_tflops, print_result,
+                        reset_peak_rss, status_bytes, sync)
 from ..errors import MVP4DError
-from ..events import report_error
-from ..mmvdm.bench import _DTYPES, ATTENTION_ALIASES, _reset_peak_rss, _status_kb, _sync, matmul_tflops
 from .config import sd21_upstream_config, tiny_upstream_config, unet_config_from_upstream
 from .cost import forward_flops
 from .unet import MMDMUNet
@@ -40,11 +39,11 @@ def bench_cap4d(size: str = "full", views: int = 8, res: int = 512, refs: int = 
     """Time ``steps`` CFG forwards (batch 2 × ``views``) of a randomly initialised MMDM UNet."""
     if size not in ("full", "tiny"):
         raise MVP4DError("BAD_INPUT", f"unknown size {size!r}", "Use --size full or --size tiny.")
-    if dtype not in _DTYPES:
+    if dtype not in BENCH_DTYPES:
         raise MVP4DError("BAD_INPUT", f"unknown dtype {dtype!r}", "Use bf16, fp16 or fp32.")
     if res % 64 or views < 1 or not 0 <= refs < views or steps < 1:
         raise MVP4DError("BAD_INPUT", "res must be a multiple of 64, 0 <= refs < views, steps >= 1")
-    dt = _DTYPES[dtype]
+    dt = BENCH_DTYPES[dtype]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     upstream = sd21_upstream_config() if size == "full" else tiny_upstream_config()
     torch.manual_seed(0)
@@ -67,19 +66,19 @@ def bench_cap4d(size: str = "full", views: int = 8, res: int = 512, refs: int = 
             unet.set_attention_backend(backend)
         with torch.inference_mode():
             unet(x, ts, z, mask, maps)
-            _sync(dev)
+            sync(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             else:
-                _reset_peak_rss()
-                base = _status_kb("VmRSS") or 0
+                reset_peak_rss()
+                base = status_bytes("VmRSS") or 0
             t0 = time.perf_counter()
             for _ in range(steps):
                 out = unet(x, ts, z, mask, maps)
-            _sync(dev)
+            sync(dev)
             seconds = (time.perf_counter() - t0) / steps
             peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else max(
-                0, (_status_kb("VmHWM") or base) - base)
+                0, (status_bytes("VmHWM") or base) - base)
     except torch.OutOfMemoryError as exc:
         raise MVP4DError("OUT_OF_MEMORY", f"the {size} MMDM at 2 × {views} × {res}² does not fit on {dev}") from exc
     except (ValueError, RuntimeError, ImportError) as exc:
@@ -103,18 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--res", type=int, default=512)
     p.add_argument("--refs", type=int, default=1)
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
-    p.add_argument("--attention", default="auto", help="auto | " + " | ".join(ATTENTION_ALIASES))
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--device", default=None)
+    add_forward_args(p)
     a = p.parse_args(argv)
-    try:
-        result = bench_cap4d(a.size, a.views, a.res, a.refs, a.dtype, a.attention, a.steps, a.device)
-    except MVP4DError as exc:
-        return report_error(exc)
-    print(json.dumps(result, indent=2))
-    return 0
-
+    return print_result(lambda: bench_cap4d(a.size, a.views, a.res, a.refs, a.dtype, a.attention, a.steps, a.device))
 
 if __name__ == "__main__":
     sys.exit(main())

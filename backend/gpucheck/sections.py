@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..benchkit import sync
 from ..fsutil import write_text_atomic
 
 #: the MMVDM setting of the issue: 8 views × 49 pixel frames × 512², the reference image included
@@ -68,11 +69,6 @@ def _device(opts: dict) -> torch.device:
     return dev
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _reset_peak(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -112,7 +108,7 @@ def _command_line(argv: list[str]) -> str | None:
 
 def section_device(rec: Recorder, opts: dict) -> None:
     """GPU and software versions, then the dense bf16 matmul rate (8192³, best of 3 runs of 10)."""
-    from ..mmvdm.bench import matmul_tflops
+    from ..benchkit import matmul_tflops
 
     dev = _device(opts)
     nvcc = _command_line(["nvcc", "--version"])
@@ -144,7 +140,7 @@ def _matmul_rate(opts: dict, dev: torch.device) -> float:
     """The device section's rate when it ran, else measured here (8192³ on CUDA, 512³ elsewhere)."""
     if opts.get("matmul_tflops"):
         return float(opts["matmul_tflops"])
-    from ..mmvdm.bench import matmul_tflops
+    from ..benchkit import matmul_tflops
 
     if dev.type != "cuda":
         return matmul_tflops(dev, torch.float32, n=256, repeats=3)
@@ -225,7 +221,7 @@ def section_sampling(rec: Recorder, opts: dict) -> None:
         try:
             out = sample(model, shape, inputs["ref"][0], inputs["cond"][0], inputs["ref_cond"][0], steps=1,
                          guidance="multiview", guidance_scale=scales, seed=0, sub_batch=sub_batch, device=dev)
-            _sync(dev)
+            sync(dev)
             peak, reserved = _peak(dev)
             runs.append({"cfg_passes": label, "status": "ok", "seconds": round(time.perf_counter() - t0, 3),
                          "peak_memory_bytes": peak, "peak_reserved_bytes": reserved,
@@ -335,11 +331,11 @@ def section_render(rec: Recorder, opts: dict) -> None:
     Kb = torch.tensor([[[955.2, 0, 255.5], [0, 955.2, 255.5], [0, 0, 1]]], device=dev)
     times = []
     for i in range(int(opts.get("render_repeats", 6))):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         out = rasterize(*big, V.to(dev), Kb, 512, 512, backend="auto")
         out.rgb.sum().backward()
-        _sync(dev)
+        sync(dev)
         if i:
             times.append(time.perf_counter() - t0)
     rec.put("speed_splats", n)

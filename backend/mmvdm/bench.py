@@ -20,65 +20,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from ..benchkit import (ATTENTION_ALIASES, BENCH_DTYPES, add_forward_args, matmul_tflops, print_result,
+                        reset_peak_rss, status_bytes, sync)
 from ..errors import MVP4DError
-from ..events import report_error
 from .configs import forward_flops, latent_frames, mmvdm_2b_config, tiny_config
 from .transformer import MMVDMTransformer
 
 __all__ = ["run_bench", "main", "ATTENTION_ALIASES", "build_random", "time_forward", "matmul_tflops"]
-
-ATTENTION_ALIASES = {
-    "native": "native", "flash": "flash", "flash3": "_flash_3", "fa3": "_flash_3", "cudnn": "_native_cudnn",
-    "efficient": "_native_efficient", "math": "_native_math", "torch-flash": "_native_flash", "sage": "sage",
-    "flex": "flex", "xformers": "xformers",
-}
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "fp32": torch.float32, "float32": torch.float32}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int | None = None,
-                  repeats: int | None = None) -> float:
-    """Measured dense matmul rate (TFLOP/s) of an n×n×n ``torch.matmul`` in ``dtype`` on ``device``."""
-    n = n or (8192 if device.type == "cuda" else 512)
-    repeats = repeats or (20 if device.type == "cuda" else 3)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
 
 
 def build_random(config: dict, views: int, latent_t: int, h: int, w: int, dtype: torch.dtype,
@@ -117,22 +70,22 @@ def time_forward(model: MMVDMTransformer, inputs: dict[str, torch.Tensor], backe
     ctx = attention_backend(backend) if backend else contextlib.nullcontext()
     with torch.inference_mode(), ctx:
         forward()  # warm-up (kernel selection, allocator)
-        _sync(device)
+        sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         else:
-            _reset_peak_rss()
-            base = _status_kb("VmRSS") or 0
+            reset_peak_rss()
+            base = status_bytes("VmRSS") or 0
         t0 = time.perf_counter()
         for _ in range(steps):
             out = forward()
-        _sync(device)
+        sync(device)
         seconds = (time.perf_counter() - t0) / steps
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:
-            peak = max(0, (_status_kb("VmHWM") or base) - base)
+            peak = max(0, (status_bytes("VmHWM") or base) - base)
     return {"seconds": seconds, "peak_memory_bytes": int(peak), "output": out}
 
 
@@ -145,9 +98,9 @@ def run_bench(size: str = "tiny", views: int = 2, frames: int = 9, res: int = 64
     if size not in ("tiny", "2b"):
         raise MVP4DError("BAD_INPUT", f"unknown model size {size!r}", "Use --size tiny or --size 2b.")
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
+        if dtype not in BENCH_DTYPES:
             raise MVP4DError("BAD_INPUT", f"unknown dtype {dtype!r}", "Use bf16, fp16 or fp32.")
-        dtype = _DTYPES[dtype]
+        dtype = BENCH_DTYPES[dtype]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if views < 1 or steps < 1 or res % 16:
         raise MVP4DError("BAD_INPUT", "views and steps must be >= 1 and res a multiple of 16")
@@ -188,19 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=2)
     p.add_argument("--frames", type=int, default=9, help="pixel frames per view, 1 + 4k")
     p.add_argument("--res", type=int, default=64, help="square pixel resolution, multiple of 16")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
-    p.add_argument("--attention", default="auto", help="auto | " + " | ".join(ATTENTION_ALIASES))
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--device", default=None)
+    add_forward_args(p)
     args = p.parse_args(argv)
-    try:  # typed errors as one error event; anything else reaches backend.cli.main's guard
-        result = run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention, args.steps,
-                           args.device)
-    except MVP4DError as exc:
-        return report_error(exc)
-    print(json.dumps(result, indent=2))
-    return 0
-
+    return print_result(lambda: run_bench(args.size, args.views, args.frames, args.res, args.dtype, args.attention,
+                                          args.steps, args.device))
 
 if __name__ == "__main__":
     sys.exit(main())
