@@ -16,3 +16,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def job(tmp_path):
+    """A created job folder (default spec) whose reference "image" is a stand-in file: for tests of the job
+    machinery (stages, events, validation) that never decode it."""
+    from backend.jobs import create_job
+    from backend.protocol import InputsSpec, JobSpec
+
+    img = tmp_path / "face.png"
+    img.write_bytes(b"\x89PNG fake")
+    create_job(tmp_path / "job", img, JobSpec(inputs=InputsSpec(reference_image="")))
+    return tmp_path / "job"

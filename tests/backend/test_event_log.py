@@ -20,16 +20,8 @@ from backend import events as events_mod
 from backend.errors import MVP4DError
 from backend.events import EventSink, read_events, repair_event_log
 from backend.fsutil import write_bytes_atomic
-from backend.jobs import Stage, create_job, run_job
-from backend.protocol import Event, InputsSpec, JobSpec
-
-
-@pytest.fixture()
-def job(tmp_path):
-    img = tmp_path / "face.png"
-    img.write_bytes(b"\x89PNG fake")
-    create_job(tmp_path / "job", img, JobSpec(inputs=InputsSpec(reference_image="")))
-    return tmp_path / "job"
+from backend.jobs import Stage, run_job
+from backend.protocol import Event
 
 
 def _stdout_events(stream: io.StringIO) -> list[dict]:

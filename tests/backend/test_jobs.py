@@ -13,14 +13,6 @@ from backend.jobs import Stage, create_job, run_job, stage_done
 from backend.protocol import Event, InputsSpec, JobSpec
 
 
-@pytest.fixture()
-def job(tmp_path):
-    img = tmp_path / "face.png"
-    img.write_bytes(b"\x89PNG fake")
-    create_job(tmp_path / "job", img, JobSpec(inputs=InputsSpec(reference_image="")))
-    return tmp_path / "job"
-
-
 def _events(job):
     return [Event.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
 

@@ -134,14 +134,6 @@ def _set(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
-@pytest.fixture()
-def job(tmp_path):
-    img = tmp_path / "face.png"
-    img.write_bytes(b"\x89PNG fake")
-    create_job(tmp_path / "job", img, JobSpec(inputs=InputsSpec(reference_image="")))
-    return tmp_path / "job"
-
-
 def _run_refused(job, field_text: str, until: str | None = None) -> MVP4DError | None:
     code = run_job(job, until=until, sink=EventSink(job / "events.jsonl", stream=None))
     last = read_events(job / "events.jsonl")[-1]
