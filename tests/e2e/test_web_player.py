@@ -1,6 +1,6 @@
 """The web player (web/: three.js + Spark) plays an exported avatar in real headless Chromium.
 
-The demo-like avatar (the toy head, splats coloured per face, ``backend.blender_support toy-bundle``)
+The demo-like avatar (the toy head, splats coloured per face, ``tests.backend_fixtures toy-bundle``)
 is exported with ``python -m backend export --format glb`` (head proxy hidden), served with the player
 and driven by Playwright (``web/test/serve_and_drive.mjs``, Debian's chromium, SwiftShader WebGL).
 Checks: the most open-jaw frame changes the mouth's pixels and not the forehead's; frame 0 at the
@@ -80,7 +80,7 @@ def exported(tmp_path_factory):
         shutil.copy(given, bundle_path)
         bundle = read_bundle(bundle_path)
     else:
-        subprocess.run([sys.executable, "-m", "backend.blender_support", "toy-bundle", str(bundle_path), "--frames",
+        subprocess.run([sys.executable, "-m", "tests.backend_fixtures", "toy-bundle", str(bundle_path), "--frames",
                         "9"], cwd=REPO, check=True, capture_output=True, timeout=300)
         # a face texture, as a fitted avatar has: colour stripes fixed on the skin (the stand-in is one grey)
         bundle = read_bundle(bundle_path)
@@ -99,7 +99,7 @@ def exported(tmp_path_factory):
 
         specs = [at_resolution(c, RES).to_spec() for c in load_cameras(os.environ["MVP4D_WEB_CAMERAS"], bundle)]
     else:
-        specs = ring_preset("tiny", distance=1.0, resolution=RES).to_specs()
+        specs = [c.to_spec() for c in ring_preset("tiny", distance=1.0, resolution=RES).cameras]
     (tmp / "cameras.json").write_text(json.dumps([dataclasses.asdict(s) for s in specs]))
     _build("player")
     return tmp, bundle_path, next(s for s in specs if s.name == "key00")
