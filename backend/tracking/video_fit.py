@@ -34,7 +34,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from ..flame.lbs import Flame, FlameParams, axis_angle_to_matrix
-from .fit import _FLIP, _lbfgs, _rot_z, _similarity_2d, _torch_threads, fit_flame, import_optimizer, landmark_rig
+from ..threads import torch_threads
+from .fit import _FLIP, _lbfgs, _rot_z, _similarity_2d, fit_flame, import_optimizer, landmark_rig
 from .landmarks import FaceLandmarks
 
 #: default weights (same units as :func:`fit_flame`: squared coefficients vs squared box-relative error)
@@ -103,7 +104,7 @@ def fit_clip(
             ground-truth clip; the key-frame fit stays float64).
         progress: ``progress(done, total)`` after each of the three stages; ``check``: cancel point.
     """
-    with _torch_threads(1):
+    with torch_threads(1):
         return _fit_clip(flame, points, width, height, shape, smoothing, key_frame, steps, rigid_steps, dtype,
                          progress, check)
 
