@@ -104,12 +104,14 @@ def detect_clip(
     frames: Iterable[tuple[int, np.ndarray]], num_frames: int, width: int, height: int, *,
     first: int = 0, start: ClipLandmarks | None = None,
     on_frame: Callable[[int, int], None] | None = None, check: Callable[[], None] | None = None,
+    mesh_factory: Callable[[], VideoFaceMesh] = VideoFaceMesh,
 ) -> ClipLandmarks:
     """Landmarks of ``num_frames`` frames numbered from ``first``; ``frames`` yields ``(index, rgb)``.
 
     ``start`` (resume) holds frames already done: ``frames`` then starts after them. ``on_frame(done,
     total)`` reports progress; ``check`` is a cancel point before every frame. If the clip ends
-    early the result is cut to the frames that came.
+    early the result is cut to the frames that came. ``mesh_factory`` gives the graph (closed here):
+    a caller can build it ahead, e.g. in a thread while the clip is opened and the head model built.
     """
     if start is not None:
         clip = start
@@ -117,7 +119,7 @@ def detect_clip(
         clip = ClipLandmarks(points=np.full((num_frames, NUM_LANDMARKS, 2), np.nan), found=np.zeros(num_frames, bool),
                              faces=np.full(num_frames, -1, np.int64), width=width, height=height)
     last = -1
-    with VideoFaceMesh() as mesh:
+    with mesh_factory() as mesh:
         for index, rgb in frames:
             if check is not None:
                 check()
