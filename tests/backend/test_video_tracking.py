@@ -282,3 +282,20 @@ def test_key_frame_yaw_is_picked_from_the_2d_landmarks(reference, yaw):
     target = cam[:, :2] / cam[:, 2:] * 1000.0 + 256.0
     picked = min(KEY_FRAME_YAWS, key=lambda y: _closed_form_residual(centred, target, y))
     assert abs(picked - yaw) <= 5.0
+
+
+def test_a_second_face_appearing_later_is_noticed(tmp_path):
+    """One face is tracked alone until the periodic two-face check sees the second one join."""
+    from backend.tracking.video_landmarks import CENSUS_EVERY
+
+    n = CENSUS_EVERY + 2
+    big, _ = affine_clip(n, size=256)
+    frames = np.full((n, 256, 448, 3), 255, np.uint8)
+    frames[:, :, :256] = big
+    frames[3:, 48:208, 280:440] = cv2.resize(big[0], (160, 160), interpolation=cv2.INTER_AREA)
+    out = tmp_path / "out"
+    assert track_video(["--video", str(write_mp4(tmp_path / "later.mp4", frames)), "--out", str(out)]) == 0
+    with np.load(out / "landmarks.npz") as d:
+        assert (d["faces"][:CENSUS_EVERY] == 1).all() and (d["faces"][CENSUS_EVERY:] == 2).all()
+        assert (d["points"][..., 0].mean(-1) < 256).all()  # the large face throughout
+    assert any("more than one face" in e.message for e in events_of(out) if e.type == "warning")
