@@ -85,6 +85,15 @@ def _similarity_2d(src: np.ndarray, dst: np.ndarray) -> tuple[float, float, np.n
     return s, angle, md - s * rot @ ms
 
 
+def _closed_form_residual(centred: np.ndarray, target: np.ndarray, yaw: float) -> float:
+    """Mean squared 2D residual of the neutral head turned by ``yaw`` and similarity-fitted to ``target``."""
+    ortho = (centred @ (_FLIP @ _rot_y(yaw)).T)[:, :2]
+    s, angle, t2 = _similarity_2d(ortho, target)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    r = ortho @ (s * rot).T + t2 - target
+    return float((r * r).sum(-1).mean())
+
+
 class _Pose(torch.nn.Module):
     """Camera extrinsics + focal of the canonical head, in well-scaled units.
 
@@ -214,6 +223,7 @@ def fit_flame(
     focal_prior: float = 1e-3,
     focal_init: float | None = None,
     yaw_guesses: tuple[float, ...] = (0.0, -35.0, 35.0),
+    pick_yaw: bool = False,
     rigid_steps: int = 40,
     steps: int = 150,
     progress: Callable[[int, int], None] | None = None,
@@ -230,6 +240,9 @@ def fit_flame(
         focal_prior: weight of ``log(f / focal_init) ** 2``.
         focal_init: focal-length prior centre in pixels (default ``2 * max(width, height)``).
         yaw_guesses: head yaw initialisations of the rigid stage, degrees.
+        pick_yaw: refine only the guess whose closed-form start (orthographic similarity of the
+            turned neutral head to the 2D landmarks) fits best, instead of refining every guess:
+            the landmarks' 2D asymmetry picks the yaw, one rigid refinement instead of several.
         rigid_steps, steps: L-BFGS iterations of the rigid and of the full stage.
         progress: called as ``progress(done, total)`` after each stage.
         check: cancel point (e.g. ``CancelToken.check``), run on every optimiser evaluation.
@@ -240,7 +253,7 @@ def fit_flame(
     with torch_threads(1):
         return _fit(flame, landmarks, width, height, shape_prior=shape_prior, expr_prior=expr_prior,
                     jaw_prior=jaw_prior, focal_prior=focal_prior, focal_init=focal_init, yaw_guesses=yaw_guesses,
-                    rigid_steps=rigid_steps, steps=steps, progress=progress, check=check)
+                    pick_yaw=pick_yaw, rigid_steps=rigid_steps, steps=steps, progress=progress, check=check)
 
 
 def _fit(
@@ -256,6 +269,7 @@ def _fit(
     focal_init: float | None,
     yaw_guesses: tuple[float, ...],
     rigid_steps: int,
+    pick_yaw: bool = False,
     steps: int,
     progress: Callable[[int, int], None] | None,
     check: Callable[[], None] | None = None,
@@ -290,6 +304,9 @@ def _fit(
 
     # 1. rigid: closed-form starts at a few yaws, refined; keep the best
     centred = (neutral - pivot).numpy()
+    if pick_yaw and len(yaw_guesses) > 1:
+        yaw_guesses = (min(yaw_guesses, key=lambda y: _closed_form_residual(centred, target_np, y)),)
+        total = 2
     best: tuple[float, _Pose] | None = None
     for k, yaw in enumerate(yaw_guesses):
         R_yaw = _FLIP @ _rot_y(yaw)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,44 +124,67 @@ def _ranges_text(ranges: list[tuple[int, int]], first: int) -> str:
     return ", ".join(parts) + (" ..." if len(ranges) > 8 else "")
 
 
-def _start_optimizer_import() -> None:
-    """Start importing ``torch._dynamo`` in the background; :func:`.fit.import_optimizer` joins it later."""
-    import importlib
-    import threading
-
-    if "torch._dynamo" in sys.modules or any(t.name == "mvp4d-import-optimizer" for t in threading.enumerate()):
-        return
-    threading.Thread(target=importlib.import_module, args=("torch._dynamo",), name="mvp4d-import-optimizer",
-                     daemon=True).start()
-
-
 def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: CancelToken) -> dict[str, str]:
     """The whole command under the folder's lock; returns the outputs (name -> file)."""
+    t0 = time.perf_counter()
+    # Two workers use the second core while this thread detects landmarks: one builds MediaPipe's graph
+    # (its import and model load, ~1-5 s) so detection starts as soon as the clip is open; the other builds
+    # the head model and imports the optimizer, then fits the key frame once its landmarks exist.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mvp4d-track-video") as pool:
+        mesh = pool.submit(_new_face_mesh)
+        model = pool.submit(_head_model, args.flame, args.identity, cancel)
+        try:
+            return _track_video(args, out, sink, cancel, t0, pool, mesh, model)
+        finally:
+            if not mesh.cancel() and mesh.exception() is None:
+                mesh.result().__exit__(None, None, None)  # closed already when used: closing again is harmless
+
+
+def _new_face_mesh() -> Any:
+    from .video_landmarks import VideoFaceMesh
+
+    return VideoFaceMesh()
+
+
+def _head_model(flame_source: str, identity: str | None, cancel: CancelToken) -> tuple[Any, Any]:
+    """The head model, the identity's shape (or None) and the optimizer's import (for the worker)."""
     from . import get_flame, load_track
+    from .fit import import_optimizer
+
+    flame = get_flame(flame_source)
+    shape = None if identity is None else load_track(identity, flame).params.shape
+    import_optimizer(cancel.check)
+    return flame, shape
+
+
+def _key_frame_fit(model: Future, points: np.ndarray, width: int, height: int, cancel: CancelToken) -> Any:
+    from .video_fit import fit_key_frame
+
+    flame, _ = model.result()
+    return fit_key_frame(flame, points, width, height, cancel.check)
+
+
+def _track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: CancelToken, t0: float,
+                 pool: ThreadPoolExecutor, mesh: Future, model: Future) -> dict[str, str]:
     from .video_fit import fit_clip, resample, to_animation
     from .video_landmarks import detect_clip, fill_gaps
 
-    t0 = time.perf_counter()
     if args.smoothing < 0 or (args.fps is not None and not 0 < args.fps <= 1000) or args.steps < 1:
         raise bad_input("--smoothing must be >= 0, --fps in (0, 1000] and --steps >= 1")
     info = open_clip(args.video, fps=args.folder_fps, start=args.start, end=args.end)
     if args.neutral_frame is not None and not info.first <= args.neutral_frame < info.stop:
         raise bad_input(f"--neutral-frame {args.neutral_frame} is outside the tracked frames {info.first}-{info.stop - 1}",
                         "Give a frame number of the (trimmed) clip, counted from 0 at the clip's start.")
-    flame = get_flame(args.flame)
-    shape = None
-    if args.identity is not None:
-        shape = load_track(args.identity, flame).params.shape
     sink.log(f"clip {info.source.name}: {info.width}x{info.height}, {info.fps:g} fps, codec {info.codec}, "
              f"frames {info.first}-{info.stop - 1}", stage=STAGE)
-
-    _start_optimizer_import()  # torch.optim's first import (seconds) overlaps the landmark detection
 
     # 1. landmarks (resumable)
     ckpt = out / FILES["landmarks"]
     n = info.num_selected
     picks_at = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(SHEET_FRAMES, n))})
     picks: dict[int, np.ndarray] = {}
+    k0 = n // 2  # the key frame: its photo fit runs in the pool as soon as its landmarks exist
+    key_fit: Future | None = None
     clip = _load_checkpoint(ckpt, info)
     if clip is not None and (clip.faces >= 0).all():
         sink.log("landmarks found by an earlier run: reused", stage=STAGE)
@@ -178,6 +202,10 @@ def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: Ca
         state = {"clip": clip}
 
         def on_frame(done: int, total: int) -> None:
+            nonlocal key_fit
+            c = state["clip"]
+            if done == k0 + 1 and c is not None and c.found[k0]:
+                key_fit = pool.submit(_key_frame_fit, model, c.points[k0].copy(), info.width, info.height, cancel)
             if done % 5 == 0 or done == total:
                 sink.progress(STAGE, done, total)
             if done % CHECKPOINT_EVERY == 0 and state["clip"] is not None:
@@ -191,7 +219,7 @@ def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: Ca
         state["clip"] = clip
         try:
             clip = detect_clip(frames(), n, info.width, info.height, first=info.first, start=clip,
-                               on_frame=on_frame, check=cancel.check)
+                               on_frame=on_frame, check=cancel.check, mesh_factory=mesh.result)
         except Cancelled:
             _save_checkpoint(ckpt, state["clip"], info)
             raise
@@ -214,8 +242,10 @@ def track_video(args: argparse.Namespace, out: Path, sink: EventSink, cancel: Ca
 
     # 2. the clip fit
     cancel.check()
+    flame, shape = model.result()
+    key = key_fit.result() if key_fit is not None and k0 < clip.num_frames else None
     fit = fit_clip(flame, clip.points, info.width, info.height, shape=shape, smoothing=args.smoothing,
-                   steps=args.steps, progress=lambda d, t: sink.progress(f"{STAGE}-fit", d, t), check=cancel.check)
+                   key_frame=k0 if k0 < clip.num_frames else None, key=key, steps=args.steps, progress=lambda d, t: sink.progress(f"{STAGE}-fit", d, t), check=cancel.check)
     t_fit = time.perf_counter()
     neutral = None if args.neutral_frame is None else args.neutral_frame - info.first
     if neutral is not None and neutral >= clip.num_frames:

@@ -37,6 +37,7 @@ from ..flame.lbs import Flame, FlameParams, axis_angle_to_matrix
 from ..threads import torch_threads
 from .fit import _FLIP, _lbfgs, _rot_z, _similarity_2d, fit_flame, import_optimizer, landmark_rig
 from .landmarks import FaceLandmarks
+from .result import TrackResult
 
 #: default weights (same units as :func:`fit_flame`: squared coefficients vs squared box-relative error)
 EXPR_PRIOR, JAW_PRIOR, EYE_PRIOR, NECK_PRIOR, SHAPE_PRIOR, FOCAL_PRIOR = 1e-5, 1e-4, 1e-4, 1e-2, 1e-5, 1e-3
@@ -45,6 +46,23 @@ SMOOTH_WEIGHT = 2e-4
 #: L-BFGS steps of the key frame's photo fit: it only seeds identity, focal and pose, which the clip fit
 #: refines, so fewer than a photo's 150 do (same accuracy on the ground-truth clip, ~1.4 s less per run)
 KEY_FRAME_STEPS = 60
+#: yaw starts of the key frame's rigid fit: the one whose closed-form start fits the 2D landmarks best
+#: is refined (``fit_flame(pick_yaw=True)``), one rigid refinement instead of three
+KEY_FRAME_YAWS = tuple(float(y) for y in range(-45, 50, 5))
+
+
+def fit_key_frame(flame: Flame, points: np.ndarray, width: int, height: int,
+                  check: Callable[[], None] | None = None) -> TrackResult:
+    """The photo fit of one frame's landmarks (478, 2): seeds identity, focal and pose of :func:`fit_clip`.
+
+    Separate so that the caller can run it as soon as the key frame's landmarks exist, while the
+    rest of the clip is still being detected (:mod:`.video_cli` does, in a thread).
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    lo, hi = pts.min(0), pts.max(0)
+    face = FaceLandmarks(points=pts, z=np.zeros(len(pts)), box=(lo[0], lo[1], hi[0], hi[1]), image_size=(width, height))
+    return fit_flame(flame, face, width, height, steps=KEY_FRAME_STEPS, yaw_guesses=KEY_FRAME_YAWS, pick_yaw=True,
+                     check=check)
 
 
 @dataclass
@@ -86,6 +104,7 @@ def fit_clip(
     shape: torch.Tensor | None = None,
     smoothing: float = 1.0,
     key_frame: int | None = None,
+    key: TrackResult | None = None,
     steps: int = 100,
     rigid_steps: int = 60,
     dtype: torch.dtype = torch.float32,
@@ -99,17 +118,19 @@ def fit_clip(
         shape: fixed identity (e.g. the avatar's tracked shape); None fits one shared over the clip.
         smoothing: strength of the temporal prior (0 = none, 1 = default, larger = smoother).
         key_frame: frame for the initial single-image fit (default: the middle frame).
+        key: that fit already made (:func:`fit_key_frame` on ``points[key_frame]``); None makes it here.
         steps, rigid_steps: L-BFGS iterations of the full and of the rigid stage.
         dtype: precision of the clip fit (float32: ~1.5x cheaper than float64, same accuracy on the
             ground-truth clip; the key-frame fit stays float64).
         progress: ``progress(done, total)`` after each of the three stages; ``check``: cancel point.
     """
     with torch_threads(1):
-        return _fit_clip(flame, points, width, height, shape, smoothing, key_frame, steps, rigid_steps, dtype,
+        return _fit_clip(flame, points, width, height, shape, smoothing, key_frame, key, steps, rigid_steps, dtype,
                          progress, check)
 
 
-def _fit_clip(flame, points, width, height, shape_fixed, smoothing, key_frame, steps, rigid_steps, dt, progress, check):
+def _fit_clip(flame, points, width, height, shape_fixed, smoothing, key_frame, key, steps, rigid_steps, dt, progress,
+              check):
     T = len(points)
     ids = flame.landmark_ids.detach().cpu().numpy().astype(np.int64)
     target_np = np.asarray(points, dtype=np.float64)[:, ids]  # (T, L, 2)
@@ -119,10 +140,8 @@ def _fit_clip(flame, points, width, height, shape_fixed, smoothing, key_frame, s
     import_optimizer(check)
 
     # 1. one photo fit on the key frame: identity, focal and a pose to start every frame from
-    lo, hi = full[k0].min(0), full[k0].max(0)
-    face = FaceLandmarks(points=full[k0], z=np.zeros(len(full[k0])), box=(lo[0], lo[1], hi[0], hi[1]),
-                         image_size=(width, height))
-    key = fit_flame(flame, face, width, height, steps=KEY_FRAME_STEPS, check=check)
+    if key is None:
+        key = fit_key_frame(flame, full[k0], width, height, check)
     if progress is not None:
         progress(1, 3)
     rig = landmark_rig(flame, dtype=dt)

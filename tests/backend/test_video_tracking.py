@@ -266,3 +266,36 @@ def test_clip_without_any_face_is_no_face(tmp_path, capsys):
     assert track_video(["--video", str(write_mp4(tmp_path / "wall.mp4", frames)), "--out", str(out)]) == 1
     assert _error(capsys)["code"] == "NO_FACE"
     assert not (out / "animation.npz").exists()
+
+
+@pytest.mark.parametrize("yaw", [-30.0, 0.0, 20.0])
+def test_key_frame_yaw_is_picked_from_the_2d_landmarks(reference, yaw):
+    """The key frame's single rigid start: the yaw whose closed-form 2D fit is best is the true one."""
+    from backend.tracking.fit import _FLIP, _closed_form_residual, _rot_y, landmark_rig
+    from backend.tracking.video_fit import KEY_FRAME_YAWS
+
+    flame = reference[0]
+    with torch.no_grad():
+        neutral = landmark_rig(flame)(FlameParams.zeros(flame, 1, dtype=torch.float64)).landmarks[0].numpy()
+    centred = neutral - neutral.mean(0)
+    cam = centred @ (_FLIP @ _rot_y(yaw)).T + [0.0, 0.0, 0.6]  # a perspective view at 60 cm, f = 1000 px
+    target = cam[:, :2] / cam[:, 2:] * 1000.0 + 256.0
+    picked = min(KEY_FRAME_YAWS, key=lambda y: _closed_form_residual(centred, target, y))
+    assert abs(picked - yaw) <= 5.0
+
+
+def test_a_second_face_appearing_later_is_noticed(tmp_path):
+    """One face is tracked alone until the periodic two-face check sees the second one join."""
+    from backend.tracking.video_landmarks import CENSUS_EVERY
+
+    n = CENSUS_EVERY + 2
+    big, _ = affine_clip(n, size=256)
+    frames = np.full((n, 256, 448, 3), 255, np.uint8)
+    frames[:, :, :256] = big
+    frames[3:, 48:208, 280:440] = cv2.resize(big[0], (160, 160), interpolation=cv2.INTER_AREA)
+    out = tmp_path / "out"
+    assert track_video(["--video", str(write_mp4(tmp_path / "later.mp4", frames)), "--out", str(out)]) == 0
+    with np.load(out / "landmarks.npz") as d:
+        assert (d["faces"][:CENSUS_EVERY] == 1).all() and (d["faces"][CENSUS_EVERY:] == 2).all()
+        assert (d["points"][..., 0].mean(-1) < 256).all()  # the large face throughout
+    assert any("more than one face" in e.message for e in events_of(out) if e.type == "warning")
