@@ -49,21 +49,23 @@ def _num(v: Any, where: str, *, positive: bool = False, minimum: float | None = 
         raise bad_input(f"must be a finite number (got {_show(v)})", SPEC_FIELD_HINT, where=where)
     if positive and x <= 0:
         raise bad_input(f"must be a positive number (got {_show(v)})", SPEC_FIELD_HINT, where=where)
-    if minimum is not None and x < minimum:
-        raise bad_input(f"must be >= {minimum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
-    if maximum is not None and x > maximum:
-        raise bad_input(f"must be <= {maximum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
+    _check_range(x, v, where, minimum, maximum)
     return x
 
 
 def _int(v: Any, where: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise bad_input(f"must be an integer (got {_show(v)})", SPEC_FIELD_HINT, where=where)
-    if minimum is not None and v < minimum:
-        raise bad_input(f"must be >= {minimum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
-    if maximum is not None and v > maximum:
-        raise bad_input(f"must be <= {maximum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
+    _check_range(v, v, where, minimum, maximum)
     return v
+
+
+def _check_range(x: float, v: Any, where: str, minimum: float | None, maximum: float | None) -> None:
+    """``x`` (the value ``v`` as a number) within the optional bounds, else ``BAD_INPUT`` naming them."""
+    if minimum is not None and x < minimum:
+        raise bad_input(f"must be >= {minimum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
+    if maximum is not None and x > maximum:
+        raise bad_input(f"must be <= {maximum} (got {_show(v)})", SPEC_FIELD_HINT, where=where)
 
 
 def _show(v: Any) -> str:

@@ -43,18 +43,11 @@ class MMVDMSettings:
     cfg_angle: str = "reference_image"  # mmvdm/guidance_angle.py: the angle the CFG scale grows with
 
     def validate(self) -> None:
-        if self.guidance not in GUIDANCE_MODES:
-            raise bad_input(f"generator.guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}")
-        if self.sampler not in SAMPLERS:
-            raise bad_input(f"generator.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.dtype not in DTYPES:
-            raise bad_input(f"generator.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.offload not in OFFLOAD_MODES:
-            raise bad_input(f"generator.offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
-        if self.cfg_passes not in CFG_PASSES:
-            raise bad_input(f"generator.cfg_passes must be one of {', '.join(CFG_PASSES)}, got {self.cfg_passes!r}")
-        if self.cfg_angle not in CFG_ANGLE_MODES:
-            raise bad_input(f"generator.cfg_angle must be one of {', '.join(CFG_ANGLE_MODES)}, got {self.cfg_angle!r}")
+        for name, choices in (("guidance", GUIDANCE_MODES), ("sampler", SAMPLERS), ("dtype", DTYPES),
+                              ("offload", OFFLOAD_MODES), ("cfg_passes", CFG_PASSES), ("cfg_angle", CFG_ANGLE_MODES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise bad_input(f"generator.{name} must be one of {', '.join(choices)}, got {value!r}")
         if not 0.0 <= float(self.refine_strength) <= 1.0:
             raise bad_input(f"generator.refine_strength must be in [0, 1], got {self.refine_strength!r}")
         if self.preview_factor not in (1, 2, 4):

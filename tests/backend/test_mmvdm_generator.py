@@ -171,6 +171,16 @@ def test_weights_missing_and_bad_settings(tmp_path):
     assert pass_seed(0, "w0-key") == pass_seed(0, "w0-key") != pass_seed(1, "w0-key") != pass_seed(0, "w0-c00")
 
 
+@pytest.mark.parametrize("field", ["guidance", "sampler", "dtype", "offload", "cfg_passes", "cfg_angle"])
+def test_every_settings_choice_is_checked(field):
+    """An unknown value of any choice field is BAD_INPUT naming the field and the allowed values."""
+    MMVDMSettings().validate()
+    with pytest.raises(MVP4DError) as e:
+        MMVDMSettings(**{field: "no-such-mode"}).validate()
+    assert e.value.code == "BAD_INPUT"
+    assert f"generator.{field} must be one of" in e.value.message and "'no-such-mode'" in e.value.message
+
+
 def test_out_of_memory_names_a_setting_that_fits(monkeypatch):
     """The 2B config on the 120 preset with a pretend 24 GiB GPU that has 20 GiB free."""
     comp = SimpleNamespace(transformer=SimpleNamespace(config=mmvdm_2b_config()), vae=None, scheduler_config={})
